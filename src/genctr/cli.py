@@ -1,0 +1,105 @@
+"""The `genctr` command."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from genctr.data.sources import SOURCES, make_source
+from genctr.data.stats import split_stats, vocabulary_sizes
+from genctr.data.store import prepare
+from genctr.errors import ConfigError, GenctrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="CTR prediction: backbones, generative pre-training, test-time inference.")
+datasets_app = typer.Typer(help="List the dataset sources, or print a dataset's statistics.",
+                           invoke_without_command=True)
+app.add_typer(datasets_app, name="datasets")
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+DEFAULT_CACHE = Path(".cache/genctr")
+DataDir = typer.Option(None, "--data-dir", help="folder (or file) holding the raw dataset")
+CacheDir = typer.Option(DEFAULT_CACHE, "--cache-dir", help="where encoded splits are cached")
+Options = typer.Option([], "--option", "-o", help="source option KEY=VALUE (repeatable)")
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are read as YAML scalars/lists (rows=1000, fractions=[.8,.1,.1])."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
+@datasets_app.callback()
+def datasets(ctx: typer.Context) -> None:
+    """List every source and how to obtain its data."""
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table("source", "what it is", "how to obtain", show_lines=True)
+    for name, cls in SOURCES.items():
+        table.add_row(name, cls.summary, cls.how_to_obtain)
+    console.print(table)
+
+
+@datasets_app.command("stats")
+def datasets_stats(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Path = CacheDir,
+                   option: list[str] = Options) -> None:
+    """Rows, positive rate and segment sizes of each split, and vocabulary sizes."""
+    source = make_source(name, data_dir, **parse_options(option))
+    started = time.perf_counter()
+    dataset = prepare(source, cache_dir)
+    console.print(f"[bold]{name}[/bold]: encoded in {time.perf_counter() - started:.2f} s "
+                  f"(cache {dataset.folder})")
+    print_stats(dataset)
+
+
+def print_stats(dataset) -> None:
+    records = split_stats(dataset)
+    segments = sorted({s for r in records for s in r["segments"]})
+    table = Table("split", "rows", "positives", "positive rate", *segments)
+    for r in records:
+        cells = [f"{r['segments'][s]:,} ({r['segments'][s] / r['rows']:.1%})" for s in segments]
+        table.add_row(r["split"], f"{r['rows']:,}", f"{r['positives']:,}",
+                      f"{r['positive_rate']:.2%}", *cells)
+    console.print(table)
+    sizes = vocabulary_sizes(dataset)
+    console.print("vocabulary sizes (incl. padding and OOV): "
+                  + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+
+
+@app.command()
+def encode(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Path = CacheDir,
+           option: list[str] = Options) -> None:
+    """Encode a dataset into the cache (fit on train, transform every split)."""
+    started = time.perf_counter()
+    dataset = prepare(make_source(name, data_dir, **parse_options(option)), cache_dir)
+    console.print(f"{name}: {sum(len(s) for s in dataset.splits.values()):,} rows encoded in "
+                  f"{time.perf_counter() - started:.2f} s into {dataset.folder}")
+
+
+@app.command()
+def demo(cache_dir: Path = CacheDir) -> None:
+    """Run the main job on built-in synthetic data."""
+    from genctr.demo import run_demo
+
+    run_demo(console, cache_dir)
+
+
+def main() -> None:
+    """Entry point: input errors print one clear line instead of a traceback."""
+    try:
+        app()
+    except GenctrError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,336 @@
+"""FeatureEncoder: fit vocabularies and bins on train only, then encode any rows.
+
+Follows scikit-learn's contract: `fit` learns state from the training rows alone, `encode`
+applies it, and the state round-trips through JSON. Everything is vectorised with polars and
+numpy: there is no Python loop over rows. Token ids: 0 is padding, 1 is out-of-vocabulary (or
+a missing numeric), real values start at 2.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from genctr.data.encoded import EncodedSplit
+from genctr.data.raw import RawDataset
+from genctr.errors import DataError
+from genctr.schema import FIRST_VALUE, OOV, PAD, FieldKind, FieldSpec, Schema
+
+STATE_VERSION = 1
+
+
+@dataclass
+class FieldState:
+    """What `fit` learned for one field."""
+
+    vocab: list[str] | None = None  # value of token id FIRST_VALUE + i
+    counts: list[int] | None = None  # train occurrences per token id (PAD, OOV, values...)
+    edges: list[float] | None = None  # inner quantile edges of a numeric field
+    mean: float = 0.0
+    std: float = 1.0
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of token ids, padding and OOV included."""
+        if self.vocab is not None:
+            return FIRST_VALUE + len(self.vocab)
+        return FIRST_VALUE + len(self.edges or []) + 1
+
+
+class FeatureEncoder:
+    """Fits on the train split of a RawDataset and encodes any frame with the same columns."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.states: dict[str, FieldState] = {}
+
+    # ----------------------------------------------------------------------------- fit
+    def fit(self, raw: RawDataset, split: str = "train") -> "FeatureEncoder":
+        rows = raw.splits[split]
+        if len(rows) == 0:
+            raise DataError(f"{raw.schema.name}: the '{split}' split is empty")
+        frame = raw.frame[rows]
+        self.states = {}
+        for spec in self.schema.fields:
+            if spec.share_vocab is not None:
+                continue  # filled from the owner below
+            column = _column(frame, spec, raw, rows)
+            if spec.kind is FieldKind.numeric:
+                self.states[spec.name] = _fit_numeric(column, spec, raw, rows)
+            else:
+                self.states[spec.name] = _fit_vocab(_values(column, spec, raw, rows), spec)
+        for spec in self.schema.fields:
+            if spec.share_vocab is not None:
+                self.states[spec.name] = self.states[spec.share_vocab]
+        return self
+
+    # -------------------------------------------------------------------------- encode
+    def encode(self, raw: RawDataset) -> dict[str, EncodedSplit]:
+        """Encode every split; the frame is encoded once and each split is an index slice."""
+        whole = self.encode_frame(raw.frame, raw, raw.sequence_refs)
+        return {name: whole.take(rows) for name, rows in raw.splits.items()}
+
+    def encode_frame(
+        self,
+        frame: pl.DataFrame,
+        raw: RawDataset | None = None,
+        sequence_refs: dict[str, np.ndarray] | None = None,
+        with_label: bool = True,
+    ) -> EncodedSplit:
+        """Encode rows of a frame. `raw` only serves to name files and lines in errors."""
+        if not self.states:
+            raise RuntimeError("FeatureEncoder.encode_frame called before fit")
+        raw = raw or RawDataset(self.schema, frame, {})
+        rows = np.arange(frame.height)
+        tokens: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray] = {}
+        lengths: dict[str, np.ndarray] = {}
+        for spec in self.schema.fields:
+            state = self.states[spec.name]
+            if spec.kind is FieldKind.numeric:
+                value, token = _encode_numeric(_column(frame, spec, raw, rows), spec, state, raw)
+                values[spec.name], tokens[spec.name] = value, token
+            elif sequence_refs and spec.name in sequence_refs:
+                owner = tokens[spec.share_vocab] if spec.share_vocab in tokens else None
+                if owner is None:
+                    raise DataError(
+                        f"field '{spec.name}': its shared field '{spec.share_vocab}' must come "
+                        "earlier in the schema"
+                    )
+                tokens[spec.name], lengths[spec.name] = _gather_refs(owner, sequence_refs[spec.name])
+            elif spec.is_list:
+                lists = _values(_column(frame, spec, raw, rows), spec, raw, rows)
+                tokens[spec.name], lengths[spec.name] = _encode_lists(lists, spec, state)
+            else:
+                tokens[spec.name] = _lookup(_values(_column(frame, spec, raw, rows), spec, raw, rows),
+                                            state)
+        label = (_encode_label(frame, raw) if with_label
+                 else np.full(frame.height, np.nan, dtype=np.float32))
+        segments = {
+            seg.name: _segment_mask(tokens[seg.field], self.states[seg.field], seg)
+            for seg in self.schema.segments
+        }
+        group = tokens[self.schema.group] if self.schema.group else None
+        return EncodedSplit(tokens, values, lengths, label, group, segments)
+
+    # ----------------------------------------------------------------------- save/load
+    def vocab_size(self, field: str) -> int:
+        return self.states[field].vocab_size
+
+    def train_counts(self, field: str) -> np.ndarray:
+        """Train occurrences per token id (for frequency-weighted neutral embeddings)."""
+        state = self.states[field]
+        return np.asarray(state.counts if state.counts is not None else [], dtype=np.int64)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "schema": self.schema.model_dump(mode="json", exclude_unset=True),
+            "fields": {
+                name: state.__dict__ for name, state in self.states.items()
+                if self.schema.field(name).share_vocab is None
+            },
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.state_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureEncoder":
+        state = json.loads(Path(path).read_text())
+        if state.get("version") != STATE_VERSION:
+            raise DataError(f"{path}: encoder state version {state.get('version')} is not "
+                            f"{STATE_VERSION}; re-encode the data")
+        encoder = cls(Schema.model_validate(state["schema"]))
+        encoder.states = {name: FieldState(**s) for name, s in state["fields"].items()}
+        for spec in encoder.schema.fields:
+            if spec.share_vocab is not None:
+                encoder.states[spec.name] = encoder.states[spec.share_vocab]
+        return encoder
+
+
+# --------------------------------------------------------------------------- helpers
+def _column(frame: pl.DataFrame, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> pl.Series:
+    name = spec.source_column
+    if name not in frame.columns:
+        visible = [c for c in frame.columns if not c.startswith("__")]
+        where = raw.describe_rows(rows[:1]).split(" line ")[0] if len(rows) else raw.schema.name
+        raise DataError(f"{where}: column '{name}' (field '{spec.name}') not found; "
+                        f"columns are {visible}")
+    return frame[name]
+
+
+def _values(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> pl.Series:
+    """Categorical values as strings; list fields as List[str]. A missing value becomes ''."""
+    if spec.is_list:
+        if column.dtype == pl.String:
+            if spec.separator is None:
+                raise DataError(f"field '{spec.name}': column '{spec.source_column}' holds text; "
+                                "set 'separator' to split it into a list")
+            column = column.fill_null("")
+            sep = spec.separator
+            malformed = (column.str.starts_with(sep) | column.str.ends_with(sep)
+                         | column.str.contains(sep + sep, literal=True))
+            if malformed.any():
+                bad = np.flatnonzero(malformed.to_numpy())
+                examples = column.gather(bad[:3]).to_list()
+                raise DataError(
+                    f"column '{spec.source_column}' (field '{spec.name}'): malformed list with an "
+                    f"empty item (separator {sep!r}) at {raw.describe_rows(rows[bad])}; "
+                    f"values {examples}"
+                )
+            # '' splits into [''], the only empty item left: it stands for the empty list
+            return column.str.split(sep).list.eval(pl.element().filter(pl.element() != ""))
+        if isinstance(column.dtype, pl.List):
+            return column.cast(pl.List(pl.String)).fill_null([])
+        raise DataError(f"column '{spec.source_column}' (field '{spec.name}'): expected text or a "
+                        f"list, got {column.dtype}")
+    return column.cast(pl.String).fill_null("")
+
+
+def _fit_vocab(values: pl.Series, spec: FieldSpec) -> FieldState:
+    flat = values.explode().drop_nulls() if isinstance(values.dtype, pl.List) else values
+    counted = flat.value_counts(name="n").sort(["n", flat.name], descending=[True, False])
+    kept = counted.filter(pl.col("n") >= spec.min_count)
+    if spec.max_vocab is not None:
+        kept = kept.head(spec.max_vocab)
+    vocab = kept[flat.name].to_list()
+    oov_count = int(counted["n"].sum() - kept["n"].sum())
+    return FieldState(vocab=vocab, counts=[0, oov_count] + kept["n"].to_list())
+
+
+def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
+    ids = np.arange(FIRST_VALUE, FIRST_VALUE + len(state.vocab or []), dtype=np.int32)
+    return values.replace_strict(state.vocab, ids, default=OOV, return_dtype=pl.Int32).to_numpy()
+
+
+def _encode_lists(lists: pl.Series, spec: FieldSpec, state: FieldState) -> tuple[np.ndarray, np.ndarray]:
+    """Left-aligned [N, max_len] ids and lengths; multi keeps the first items, sequence the last."""
+    cut = lists.list.tail(spec.max_len) if spec.kind is FieldKind.sequence else lists.list.head(spec.max_len)
+    lengths = cut.list.len().to_numpy().astype(np.int32)
+    flat_ids = _lookup(cut.explode(empty_as_null=False).drop_nulls(), state)
+    out = np.full((len(lists), spec.max_len), PAD, dtype=np.int32)
+    row = np.repeat(np.arange(len(lists)), lengths)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    col = np.arange(len(row)) - np.repeat(starts, lengths)
+    out[row, col] = flat_ids
+    return out, lengths
+
+
+def _gather_refs(owner_tokens: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    valid = refs >= 0
+    out = np.where(valid, owner_tokens[np.where(valid, refs, 0)], PAD).astype(np.int32)
+    return out, valid.sum(axis=1).astype(np.int32)
+
+
+def _parse_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> np.ndarray:
+    """Float64 values with NaN for missing; text that is not a number follows `on_invalid`."""
+    if column.dtype == pl.String:
+        text = column.str.strip_chars()
+        parsed = text.cast(pl.Float64, strict=False)
+        invalid = (parsed.is_null() & text.is_not_null() & (text != "")).to_numpy()
+        if invalid.any() and spec.on_invalid == "error":
+            bad = np.flatnonzero(invalid)
+            examples = text.gather(bad[:3]).to_list()
+            raise DataError(
+                f"column '{spec.source_column}' (numeric field '{spec.name}'): {invalid.sum()} "
+                f"value(s) are not numbers, e.g. {examples} at {raw.describe_rows(rows[bad])}; "
+                "fix them or set 'on_invalid: fill' to use fill_value"
+            )
+        column = parsed
+    elif not column.dtype.is_numeric():
+        raise DataError(f"column '{spec.source_column}' (numeric field '{spec.name}'): expected "
+                        f"numbers, got {column.dtype}")
+    return column.cast(pl.Float64).fill_null(np.nan).to_numpy()
+
+
+def _log_square_codes(x: np.ndarray) -> np.ndarray:
+    """Criteo's winning-solution bucketing: floor(ln(x)^2) for x > 2, else the integer itself."""
+    safe = np.where(x > 2, x, 3.0)
+    return np.where(x > 2, np.floor(np.log(safe) ** 2), np.floor(x))
+
+
+def _transformed(x: np.ndarray, spec: FieldSpec) -> np.ndarray:
+    if spec.transform == "log1p":  # signed, so negative counts stay finite
+        return np.sign(x) * np.log1p(np.abs(x))
+    return x
+
+
+def _fit_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> FieldState:
+    x = _parse_numeric(column, spec, raw, rows)
+    present = x[~np.isnan(x)]
+    if spec.binning == "log_square":
+        state = _fit_vocab(_code_strings(_log_square_codes(present)), spec)
+    else:
+        qs = np.linspace(0, 1, spec.bins + 1)[1:-1]
+        edges = np.unique(np.quantile(present, qs)) if present.size else np.array([])
+        state = FieldState(edges=edges.tolist())
+    t = _transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
+    if spec.transform == "standard":
+        state.mean, state.std = float(t.mean()), float(t.std() or 1.0)
+    if state.vocab is None:
+        tokens = _bin_tokens(x, state)
+        state.counts = np.bincount(tokens, minlength=state.vocab_size).tolist()
+    return state
+
+
+def _code_strings(codes: np.ndarray) -> pl.Series:
+    return pl.Series("code", codes.astype(np.int64)).cast(pl.String)
+
+
+def _bin_tokens(x: np.ndarray, state: FieldState) -> np.ndarray:
+    bins = np.searchsorted(np.asarray(state.edges), x, side="right") + FIRST_VALUE
+    return np.where(np.isnan(x), OOV, bins).astype(np.int32)
+
+
+def _encode_numeric(column: pl.Series, spec: FieldSpec, state: FieldState,
+                    raw: RawDataset) -> tuple[np.ndarray, np.ndarray]:
+    x = _parse_numeric(column, spec, raw, np.arange(len(column)))
+    if spec.binning == "log_square":
+        coded = _lookup(_code_strings(np.nan_to_num(_log_square_codes(x))), state)
+        tokens = np.where(np.isnan(x), OOV, coded).astype(np.int32)
+    else:
+        tokens = _bin_tokens(x, state)
+    value = _transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
+    if spec.transform == "standard":
+        value = (value - state.mean) / state.std
+    return value.astype(np.float32), tokens
+
+
+def _encode_label(frame: pl.DataFrame, raw: RawDataset) -> np.ndarray:
+    spec = raw.schema.label
+    if spec.column not in frame.columns:
+        raise DataError(f"{raw.schema.name}: label column '{spec.column}' not found; columns are "
+                        f"{[c for c in frame.columns if not c.startswith('__')]}")
+    column = frame[spec.column]
+    text = column.cast(pl.String).str.strip_chars()
+    x = text.cast(pl.Float64, strict=False).to_numpy()
+    rows = np.arange(frame.height)
+    bad = np.flatnonzero(np.isnan(x))
+    if bad.size:
+        raise DataError(f"label column '{spec.column}': {bad.size} value(s) missing or not numbers, "
+                        f"e.g. {text.gather(bad[:3]).to_list()} at {raw.describe_rows(rows[bad])}")
+    comparison = spec.comparison()
+    if comparison is not None:
+        op, threshold = comparison
+        return op(x, threshold).astype(np.float32)
+    bad = np.flatnonzero((x != 0) & (x != 1))
+    if bad.size:
+        raise DataError(f"label column '{spec.column}': {bad.size} value(s) outside {{0, 1}}, e.g. "
+                        f"{text.gather(bad[:3]).to_list()} at {raw.describe_rows(rows[bad])}; "
+                        "give the label a 'rule' such as '>= 4' to derive 0/1")
+    return x.astype(np.float32)
+
+
+def _segment_mask(tokens: np.ndarray, state: FieldState, seg) -> np.ndarray:
+    """Rows whose value occurred in train between the segment's bounds (OOV counts as 0)."""
+    counts = np.asarray(state.counts, dtype=np.int64).copy()
+    counts[:FIRST_VALUE] = 0
+    n = counts[tokens]
+    upper = seg.max_train_rows if seg.max_train_rows is not None else np.iinfo(np.int64).max
+    return (n >= seg.min_train_rows) & (n <= upper)

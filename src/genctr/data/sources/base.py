@@ -1,0 +1,154 @@
+"""The Source contract and the helpers sources share (reading files, splitting rows)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+import polars as pl
+
+from genctr.data.raw import RawDataset, with_origin
+from genctr.errors import DataError
+from genctr.schema import Schema, Strict, parse_model
+
+
+class Source(ABC):
+    """Produces a RawDataset (all rows, a schema, named splits) from files or a generator.
+
+    `input_files` is known before loading so that the encoded cache can be looked up without
+    parsing anything.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    how_to_obtain: ClassVar[str]
+    Options: ClassVar[type[Strict]]
+
+    def __init__(self, data_dir: str | Path | None = None, **options: Any) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.options = parse_model(self.Options, options, f"options of source '{self.name}'")
+
+    def require_dir(self, *candidates: str) -> Path:
+        """The dataset folder: data_dir itself, or one of its subfolders named in `candidates`."""
+        if self.data_dir is None:
+            raise DataError(f"source '{self.name}' needs --data-dir. {self.how_to_obtain}")
+        for sub in ("", *candidates):
+            folder = self.data_dir / sub
+            if folder.is_dir() and self.looks_complete(folder):
+                return folder
+        raise DataError(f"source '{self.name}': no dataset files under {self.data_dir} "
+                        f"(looked in {['.', *candidates]}). {self.how_to_obtain}")
+
+    def looks_complete(self, folder: Path) -> bool:
+        return all((folder / f).is_file() for f in self.expected_files())
+
+    def expected_files(self) -> Sequence[str]:
+        return ()
+
+    @abstractmethod
+    def input_files(self) -> list[Path]: ...
+
+    @abstractmethod
+    def schema(self) -> Schema: ...
+
+    @abstractmethod
+    def load(self) -> RawDataset: ...
+
+    def cache_identity(self) -> dict[str, Any]:
+        """What besides the files and schema determines the rows (options, source name)."""
+        return {"source": self.name, "options": self.options.model_dump(mode="json")}
+
+
+def locate_file(data_dir: Path | None, file: str | None, candidates: Sequence[str],
+                source: str) -> Path:
+    """`file` (absolute, or under data_dir), else data_dir itself if it is a file, else the
+    first of `candidates` found in data_dir."""
+    if file is not None:
+        path = Path(file) if data_dir is None or Path(file).is_absolute() else data_dir / file
+        return require_file(path)
+    if data_dir is None:
+        raise DataError(f"source '{source}' needs --data-dir (a file, or a folder holding one of "
+                        f"{list(candidates)}) or the option 'file'")
+    if data_dir.is_file():
+        return require_file(data_dir)
+    for name in candidates:
+        if (data_dir / name).is_file():
+            return require_file(data_dir / name)
+    raise DataError(f"source '{source}': none of {list(candidates)} in {data_dir}; "
+                    "name the file with the option 'file'")
+
+
+def require_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    return path
+
+
+def read_text_table(path: Path, separator: str = ",", has_header: bool = True,
+                    columns: Sequence[str] | None = None, **kwargs: Any) -> pl.DataFrame:
+    """Read a delimited file with every column as text (types are the encoder's business).
+
+    Adds the file name and line number of each row for error messages; an empty file, or a
+    header with no rows, is an error naming the file.
+    """
+    require_file(path)
+    try:
+        frame = pl.read_csv(path, separator=separator, has_header=has_header,
+                            new_columns=list(columns) if columns else None,
+                            infer_schema=False, quote_char='"', **kwargs)
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as err:
+        raise DataError(f"{path}: cannot be read as a {separator!r}-separated table: "
+                        f"{str(err).splitlines()[0]}") from None
+    if frame.height == 0:
+        raise DataError(f"{path}: the file has no data rows")
+    return with_origin(frame, path, header_lines=1 if has_header else 0)
+
+
+def sniff_separator(path: Path) -> str:
+    """Tab if the first line has tabs, else comma (Criteo comes both ways)."""
+    with require_file(path).open("r", errors="replace") as handle:
+        first = handle.readline()
+    return "\t" if "\t" in first else ","
+
+
+def random_split(n: int, fractions: Sequence[float], seed: int,
+                 names: Sequence[str] = ("train", "valid", "test")) -> dict[str, np.ndarray]:
+    """Shuffle row indices with a seeded generator and cut them by fractions (summing to 1)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return cut_by_position(order, fractions, names)
+
+
+def cut_by_position(order: np.ndarray, fractions: Sequence[float],
+                    names: Sequence[str] = ("train", "valid", "test")) -> dict[str, np.ndarray]:
+    """Cut an ordering of rows into consecutive parts: first floor(f0*n) rows, and so on."""
+    if len(fractions) != len(names) or abs(sum(fractions) - 1) > 1e-9:
+        raise DataError(f"split fractions {list(fractions)} must be {len(names)} numbers summing to 1")
+    n = len(order)
+    bounds = np.floor(np.cumsum(fractions) * n + 1e-9).astype(np.int64)
+    bounds[-1] = n
+    starts = np.concatenate([[0], bounds[:-1]])
+    return {name: order[a:b] for name, a, b in zip(names, starts, bounds)}
+
+
+class SplitOptions(Strict):
+    """How a source without fixed splits divides its rows."""
+
+    split: Literal["random", "temporal"] = "random"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 2024
+    time_column: str | None = None
+
+
+def make_splits(frame: pl.DataFrame, options: SplitOptions) -> dict[str, np.ndarray]:
+    if options.split == "random":
+        return random_split(frame.height, options.fractions, options.seed)
+    if options.time_column is None or options.time_column not in frame.columns:
+        raise DataError(f"temporal split needs 'time_column' naming a column; got "
+                        f"{options.time_column!r}")
+    time = frame[options.time_column].cast(pl.Float64, strict=False)
+    order = np.argsort(time.fill_null(np.inf).to_numpy(), kind="stable")
+    return cut_by_position(order, options.fractions)

@@ -1,0 +1,78 @@
+"""`tabular`: your own CSV or Parquet file(s) plus a YAML schema — the path for user data.
+
+Either `files` (one table, split randomly or by a time column) or explicit `train`, `valid`
+and `test` files. Paths are relative to --data-dir unless absolute.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from pydantic import model_validator
+
+from genctr.data.raw import RawDataset, with_origin
+from genctr.data.sources.base import Source, SplitOptions, make_splits, read_text_table, require_file
+from genctr.errors import DataError
+from genctr.schema import Schema, load_schema
+
+
+class TabularOptions(SplitOptions):
+    schema_file: str
+    files: list[str] = []
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    separator: str = ","
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> "TabularOptions":
+        explicit = [self.train, self.valid, self.test]
+        if bool(self.files) == any(explicit) or (any(explicit) and not all(explicit)):
+            raise ValueError("give either 'files' or all three of 'train', 'valid', 'test'")
+        return self
+
+
+class Tabular(Source):
+    name = "tabular"
+    summary = "your CSV/Parquet file(s) + a YAML schema; random, temporal or given splits"
+    how_to_obtain = ("Your own data: --data-dir is the folder of the files; options "
+                     "schema_file=..., files=[...] or train/valid/test=..., split=random|temporal.")
+    Options = TabularOptions
+
+    def _path(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() or self.data_dir is None else self.data_dir / path
+
+    def input_files(self) -> list[Path]:
+        opts = self.options
+        names = opts.files or [opts.train, opts.valid, opts.test]
+        return [self._path(opts.schema_file)] + [self._path(n) for n in names]
+
+    def schema(self) -> Schema:
+        return load_schema(self._path(self.options.schema_file))
+
+    def load(self) -> RawDataset:
+        schema = self.schema()
+        tables = [self._read(path) for path in self.input_files()[1:]]
+        frame = pl.concat(tables, how="diagonal_relaxed")
+        if self.options.files:
+            splits = make_splits(frame, self.options)
+        else:
+            bounds = np.cumsum([0] + [t.height for t in tables])
+            splits = {name: np.arange(bounds[i], bounds[i + 1])
+                      for i, name in enumerate(("train", "valid", "test"))}
+        return RawDataset(schema, frame, splits)
+
+    def _read(self, path: Path) -> pl.DataFrame:
+        if path.suffix in (".parquet", ".pq"):
+            require_file(path)
+            try:
+                frame = pl.read_parquet(path)
+            except Exception as err:  # polars raises several types for a corrupt file
+                raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+            if frame.height == 0:
+                raise DataError(f"{path}: the file has no data rows")
+            return with_origin(frame, path, header_lines=0)
+        return read_text_table(path, separator=self.options.separator)
