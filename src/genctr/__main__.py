@@ -1,0 +1,3 @@
+from genctr.cli import main
+
+main()

@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+
+from genctr.data.encode import FeatureEncoder
+from genctr.schema import OOV, PAD
+from helpers import raw_from_rows
+
+SCHEMA = {
+    "name": "toy",
+    "label": {"column": "y"},
+    "group": "user",
+    "fields": [
+        {"name": "user", "kind": "id"},
+        {"name": "color", "kind": "categorical", "min_count": 2},
+        {"name": "price", "kind": "numeric", "bins": 4, "transform": "standard"},
+        {"name": "tags", "kind": "multi", "separator": "|", "max_len": 2},
+        {"name": "history", "kind": "sequence", "separator": "^", "max_len": 3, "share_vocab": "user"},
+    ],
+    "segments": [{"name": "cold", "field": "user", "max_train_rows": 0},
+                 {"name": "warm", "field": "user", "min_train_rows": 2}],
+}
+TRAIN = {
+    "user": ["a", "a", "b", "c", "a", "b"],
+    "color": ["red", "red", "blue", "green", "blue", "red"],
+    "price": ["1", "2", "3", "4", "", "6"],
+    "tags": ["x|y", "y", "", "x|y|z", "z", "y|x"],
+    "history": ["", "a", "a^b", "a^b^c^a", "c", "b"],
+    "y": [1, 0, 1, 0, 1, 0],
+}
+TEST = {
+    "user": ["a", "zz"], "color": ["green", "purple"], "price": ["100", "-5"],
+    "tags": ["q|x", "y"], "history": ["zz^a", ""], "y": [0, 1],
+}
+
+
+@pytest.fixture()
+def fitted():
+    raw = raw_from_rows(SCHEMA, TRAIN, TEST)
+    return raw, FeatureEncoder(raw.schema).fit(raw)
+
+
+def decode(encoder, field, ids):
+    vocab = encoder.states[field].vocab
+    return [vocab[i - 2] if i >= 2 else {PAD: "<pad>", OOV: "<oov>"}[i] for i in ids]
+
+
+def test_round_trip_of_categoricals(fitted):
+    raw, encoder = fitted
+    train = encoder.encode(raw)["train"]
+    assert decode(encoder, "user", train.tokens["user"]) == TRAIN["user"]
+    assert train.tokens["user"].dtype == np.int32
+
+
+def test_vocabulary_is_fitted_on_train_only_and_unseen_values_are_oov(fitted):
+    raw, encoder = fitted
+    assert "zz" not in encoder.states["user"].vocab
+    test = encoder.encode(raw)["test"]
+    assert test.tokens["user"].tolist()[1] == OOV
+    assert test.tokens["color"].tolist()[1] == OOV  # purple never seen
+    assert test.tokens["color"].tolist()[0] == OOV  # green seen once < min_count 2
+
+
+def test_min_count_and_counts(fitted):
+    _, encoder = fitted
+    assert sorted(encoder.states["color"].vocab) == ["blue", "red"]
+    counts = encoder.train_counts("color")
+    assert counts[OOV] == 1 and counts.sum() == 6  # green went to OOV
+
+
+def test_max_vocab_keeps_most_frequent():
+    schema = {**SCHEMA, "fields": [{"name": "user", "kind": "id", "max_vocab": 1}], "group": None,
+              "segments": []}
+    raw = raw_from_rows(schema, {"user": ["a", "b", "a"], "y": [0, 1, 0]})
+    encoder = FeatureEncoder(raw.schema).fit(raw)
+    assert encoder.states["user"].vocab == ["a"]
+
+
+def test_numeric_bins_missing_and_standardised_value(fitted):
+    raw, encoder = fitted
+    state = encoder.states["price"]
+    present = np.array([1, 2, 3, 4, 6], dtype=float)
+    np.testing.assert_allclose(state.edges, np.quantile(present, [0.25, 0.5, 0.75]))
+    train = encoder.encode(raw)["train"]
+    tokens = train.tokens["price"]
+    assert tokens[4] == OOV  # the empty price is missing
+    assert list(tokens[[0, 1, 2, 3, 5]]) == [2, 3, 4, 5, 5]  # a value on an edge goes up
+    filled = np.array([1, 2, 3, 4, 0, 6], dtype=float)  # fill_value 0
+    np.testing.assert_allclose(train.values["price"], (filled - filled.mean()) / filled.std(),
+                               rtol=1e-6)
+    test = encoder.encode(raw)["test"]
+    assert list(test.tokens["price"]) == [5, 2]  # beyond both ends: outer bins
+
+
+def test_multi_keeps_first_items_and_sequence_keeps_last(fitted):
+    raw, encoder = fitted
+    train = encoder.encode(raw)["train"]
+    assert decode(encoder, "tags", train.tokens["tags"][3]) == ["x", "y"]
+    assert train.lengths["tags"].tolist() == [2, 1, 0, 2, 1, 2]
+    assert decode(encoder, "user", train.tokens["history"][3]) == ["b", "c", "a"]
+    assert train.tokens["history"][0].tolist() == [PAD, PAD, PAD]
+    test = encoder.encode(raw)["test"]
+    assert test.tokens["history"][0].tolist()[:2] == [OOV, encoder.states["user"].vocab.index("a") + 2]
+
+
+def test_segments_from_train_counts(fitted):
+    raw, encoder = fitted
+    test = encoder.encode(raw)["test"]
+    assert test.segments["cold"].tolist() == [False, True]
+    assert test.segments["warm"].tolist() == [True, False]
+
+
+def test_state_save_load_gives_identical_encoding(fitted, tmp_path):
+    raw, encoder = fitted
+    encoder.save(tmp_path / "enc.json")
+    again = FeatureEncoder.load(tmp_path / "enc.json")
+    first, second = encoder.encode(raw)["test"], again.encode(raw)["test"]
+    for field in first.tokens:
+        np.testing.assert_array_equal(first.tokens[field], second.tokens[field])
+    np.testing.assert_array_equal(first.values["price"], second.values["price"])
+    assert again.schema == encoder.schema
+
+
+def test_label_rule_derives_clicks():
+    schema = {"name": "r", "label": {"column": "rating", "rule": ">= 4"},
+              "fields": [{"name": "u", "kind": "id"}]}
+    raw = raw_from_rows(schema, {"u": ["a", "b", "c"], "rating": [5.0, 3.0, 4.0]})
+    split = FeatureEncoder(raw.schema).fit(raw).encode(raw)["train"]
+    assert split.label.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_log_square_binning():
+    schema = {"name": "c", "label": {"column": "y"},
+              "fields": [{"name": "i1", "kind": "numeric", "binning": "log_square"}]}
+    raw = raw_from_rows(schema, {"i1": ["0", "1", "2", "10", "100", "", "-1"], "y": [0] * 7})
+    encoder = FeatureEncoder(raw.schema).fit(raw)
+    split = encoder.encode(raw)["train"]
+    # floor(ln(10)^2) = 5, floor(ln(100)^2) = 21; small values are their own bucket
+    assert decode(encoder, "i1", split.tokens["i1"][[0, 1, 2, 3, 4, 6]]) == ["0", "1", "2", "5", "21", "-1"]
+    assert split.tokens["i1"][5] == OOV
