@@ -89,6 +89,14 @@ def encode(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Path = Cach
 
 
 @app.command()
+def report(benchmarks_dir: Path = typer.Option(Path("benchmarks"), "--benchmarks-dir")) -> None:
+    """Render benchmarks/RESULTS.md from the records in benchmarks/results/."""
+    from genctr.report import write_results_markdown
+
+    console.print(f"wrote {write_results_markdown(benchmarks_dir)}")
+
+
+@app.command()
 def demo(cache_dir: Path = CacheDir) -> None:
     """Run the main job on built-in synthetic data."""
     from genctr.demo import run_demo
