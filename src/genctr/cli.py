@@ -88,6 +88,73 @@ def encode(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Path = Cach
                   f"{time.perf_counter() - started:.2f} s into {dataset.folder}")
 
 
+def print_metrics(metrics: dict[str, Any], title: str) -> None:
+    """Overall metrics per split, then per-segment AUC/logloss."""
+    table = Table("split", "AUC", "logloss", "gAUC", "pred/obs CTR", "ECE", "rows", title=title)
+    for split, m in metrics.items():
+        if split == "training":
+            continue
+        gauc = m.get("gauc")
+        table.add_row(split, f"{m['auc']:.5f}", f"{m['logloss']:.5f}",
+                      "" if gauc is None else f"{gauc:.5f}", f"{m['predicted_over_observed']:.3f}",
+                      f"{m['ece']:.4f}", f"{m['rows']:,}")
+    console.print(table)
+    segments = {s: v for s, v in metrics.get("test", {}).get("segments", {}).items()}
+    if segments:
+        seg_table = Table("test segment", "AUC", "logloss", "rows")
+        for name, v in segments.items():
+            seg_table.add_row(name, f"{v['auc']:.5f}", f"{v['logloss']:.5f}", f"{v['rows']:,}")
+        console.print(seg_table)
+
+
+@app.command()
+def train(config_file: Path, output: Optional[Path] = typer.Option(None, "--output",
+          help="run folder (default: OUTPUT_DIR/NAME from the config)"),
+          resume: bool = typer.Option(False, "--resume", help="continue a killed run"),
+          init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True)) -> None:
+    """Train one run from a YAML config; saves config, encoder, weights, history, metrics."""
+    from genctr.config import load_run_config
+    from genctr.runs import train_run
+
+    if init_from is not None:
+        raise ConfigError("--init-from needs a pre-trained run: not available yet")
+    config = load_run_config(config_file)
+    run, state, metrics = train_run(config, output, resume=resume, log=console.print)
+    print_metrics(metrics, f"{config.model_name} on {config.data.source}, best epoch "
+                           f"{state.best_epoch} (run saved in {run.folder})")
+
+
+@app.command()
+def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "--split")) -> None:
+    """Evaluate a saved run on its dataset's splits (the data must be reachable)."""
+    from genctr.runs import evaluate_split, load_run
+
+    run = load_run(run_dir)
+    dataset = prepare(run.config.data.make_source(), run.config.data.cache_dir)
+    metrics = {s: evaluate_split(run.model, dataset.splits[s]) for s in split}
+    print_metrics(metrics, f"{run.config.model_name} from {run_dir}")
+
+
+@app.command()
+def predict(run_dir: Path, input_file: Path, output_file: Path) -> None:
+    """Score raw CSV/Parquet rows with a saved run; writes the rows plus `probability`."""
+    from genctr.runs import load_run, predict_file
+
+    rows = predict_file(load_run(run_dir), input_file, output_file)
+    console.print(f"wrote {rows:,} probabilities to {output_file}")
+
+
+@app.command("run")
+def run_matrix(experiment_file: Path) -> None:
+    """Run an experiment matrix (tasks × models × seeds), skipping recorded cells."""
+    from genctr.experiment import load_experiment, run_experiment
+
+    experiment = load_experiment(experiment_file)
+    ran = run_experiment(experiment, log=console.print)
+    console.print(f"{ran} cell(s) run; records in {experiment.results}. "
+                  "Render the report with `genctr report`.")
+
+
 @app.command()
 def report(benchmarks_dir: Path = typer.Option(Path("benchmarks"), "--benchmarks-dir")) -> None:
     """Render benchmarks/RESULTS.md from the records in benchmarks/results/."""

@@ -32,10 +32,13 @@ class Batch:
 
 def batch_of(split: EncodedSplit, rows: np.ndarray | slice) -> Batch:
     """The given rows of every column as tensors (one gather per column, no Python row loop)."""
-    take = lambda cols: {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in cols.items()}  # noqa: E731
-    group = None if split.group is None else torch.from_numpy(np.ascontiguousarray(split.group[rows]))
-    return Batch(take(split.tokens), take(split.values),
-                 torch.from_numpy(np.ascontiguousarray(split.label[rows])), group)
+    def tensor(column: np.ndarray) -> torch.Tensor:
+        # memory-mapped columns are read-only: a slice of one is copied, a gather already is
+        return torch.from_numpy(np.require(column[rows], requirements=["C", "W"]))
+
+    take = lambda cols: {k: tensor(v) for k, v in cols.items()}  # noqa: E731
+    group = None if split.group is None else tensor(split.group)
+    return Batch(take(split.tokens), take(split.values), tensor(split.label), group)
 
 
 def iterate_batches(split: EncodedSplit, batch_size: int, shuffle: bool = False,

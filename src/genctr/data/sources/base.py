@@ -108,6 +108,20 @@ def read_text_table(path: Path, separator: str = ",", has_header: bool = True,
     return with_origin(frame, path, header_lines=1 if has_header else 0)
 
 
+def read_table_file(path: Path, separator: str = ",") -> pl.DataFrame:
+    """A CSV (all columns as text) or Parquet file (typed), with file and line of each row."""
+    if path.suffix not in (".parquet", ".pq"):
+        return read_text_table(path, separator=separator)
+    require_file(path)
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as err:  # polars raises several types for a corrupt file
+        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
+    if frame.height == 0:
+        raise DataError(f"{path}: the file has no data rows")
+    return with_origin(frame, path, header_lines=0)
+
+
 def sniff_separator(path: Path) -> str:
     """Tab if the first line has tabs, else comma (Criteo comes both ways)."""
     with require_file(path).open("r", errors="replace") as handle:

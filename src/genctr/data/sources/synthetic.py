@@ -27,10 +27,10 @@ LATENT_DIM = 4
 
 class SyntheticOptions(Strict):
     rows: int = Field(60_000, ge=100)
-    users: int = Field(2_000, ge=10)
-    items: int = Field(1_000, ge=10)
+    users: int = Field(600, ge=10)
+    items: int = Field(400, ge=10)
     regions: int = Field(300, ge=2)
-    cold_user_fraction: float = Field(0.05, ge=0, lt=1)
+    cold_user_fraction: float = Field(0.02, ge=0, lt=1)
     history_length: int = Field(10, ge=1)
     seed: int = 0
 
@@ -62,7 +62,7 @@ class Synthetic(Source):
                 FieldSpec(name="price", kind="numeric", transform="log1p", bins=10),
                 FieldSpec(name="tags", kind="multi", separator="|", max_len=4),
                 FieldSpec(name="hist_items", kind="sequence", share_vocab="item_id",
-                          max_len=self.options.history_length),
+                          separator="^", max_len=self.options.history_length),
                 FieldSpec(name="hist_len", kind="numeric", transform="log1p", bins=8),
             ],
             segments=[

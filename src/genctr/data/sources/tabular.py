@@ -12,9 +12,8 @@ import numpy as np
 import polars as pl
 from pydantic import model_validator
 
-from genctr.data.raw import RawDataset, with_origin
-from genctr.data.sources.base import Source, SplitOptions, make_splits, read_text_table, require_file
-from genctr.errors import DataError
+from genctr.data.raw import RawDataset
+from genctr.data.sources.base import Source, SplitOptions, make_splits, read_table_file
 from genctr.schema import Schema, load_schema
 
 
@@ -55,7 +54,7 @@ class Tabular(Source):
 
     def load(self) -> RawDataset:
         schema = self.schema()
-        tables = [self._read(path) for path in self.input_files()[1:]]
+        tables = [read_table_file(path, self.options.separator) for path in self.input_files()[1:]]
         frame = pl.concat(tables, how="diagonal_relaxed")
         if self.options.files:
             splits = make_splits(frame, self.options)
@@ -64,15 +63,3 @@ class Tabular(Source):
             splits = {name: np.arange(bounds[i], bounds[i + 1])
                       for i, name in enumerate(("train", "valid", "test"))}
         return RawDataset(schema, frame, splits)
-
-    def _read(self, path: Path) -> pl.DataFrame:
-        if path.suffix in (".parquet", ".pq"):
-            require_file(path)
-            try:
-                frame = pl.read_parquet(path)
-            except Exception as err:  # polars raises several types for a corrupt file
-                raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-            if frame.height == 0:
-                raise DataError(f"{path}: the file has no data rows")
-            return with_origin(frame, path, header_lines=0)
-        return read_text_table(path, separator=self.options.separator)

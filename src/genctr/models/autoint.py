@@ -1,0 +1,37 @@
+"""AutoInt+ (Song et al., 2019): self-attention over fields, plus a DNN."""
+
+from pydantic import Field
+from torch import nn
+
+from genctr.models.base import CTRModel, ModelOptions
+from genctr.nn.blocks import MLP, SelfAttentionLayer
+
+
+class AutoIntOptions(ModelOptions):
+    attention_layers: int = Field(3, ge=1)
+    attention_dim: int = Field(64, ge=1)
+    heads: int = Field(2, ge=1)
+    residual: bool = True
+    hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400])
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+
+
+class AutoIntPlus(CTRModel):
+    name = "autoint"
+    Options = AutoIntOptions
+
+    def __init__(self, fields, options: AutoIntOptions):
+        super().__init__(fields, options)
+        dims = [options.embedding_dim] + [options.attention_dim] * options.attention_layers
+        self.attention = nn.Sequential(*[
+            SelfAttentionLayer(dims[i], dims[i + 1], options.heads, options.residual)
+            for i in range(options.attention_layers)])
+        self.attention_head = nn.Linear(self.embedding.num_fields * options.attention_dim, 1)
+        self.mlp = MLP(self.flat_dim, options.hidden_units, out_dim=1, dropout=options.dropout,
+                       batch_norm=options.batch_norm)
+
+    def forward(self, batch, drop=None):
+        fields = self.embedding(batch, drop)
+        attended = self.attention(fields).flatten(1)
+        return (self.attention_head(attended) + self.mlp(fields.flatten(1))).squeeze(-1)

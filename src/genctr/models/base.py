@@ -1,0 +1,56 @@
+"""CTRModel: the interface every backbone implements, and the first-order (linear) term."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from genctr.data.batches import Batch
+from genctr.nn.embedding import FieldEmbedding, FieldInfo
+from genctr.schema import Strict
+
+
+class ModelOptions(Strict):
+    """Options every backbone takes; each backbone adds its own."""
+
+    embedding_dim: int = Field(10, ge=1)
+    numeric_embedding: Literal["bin", "scaled"] = "bin"
+
+
+class CTRModel(nn.Module):
+    """A backbone: `forward(batch, drop=None) -> logits [B]`.
+
+    `drop` [B, F] marks fields replaced by their neutral embedding; it is what lets MATT and
+    UTTSI run on every model unchanged. The Trainer owns optimizer, loss and regularisation;
+    a model only maps a batch to logits.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[ModelOptions]] = ModelOptions
+
+    def __init__(self, fields: list[FieldInfo], options: ModelOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.embedding = FieldEmbedding(fields, options.embedding_dim, options.numeric_embedding)
+
+    @property
+    def flat_dim(self) -> int:
+        return self.embedding.num_fields * self.embedding.dim
+
+    def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FirstOrder(nn.Module):
+    """Σ_f w_f(x_f) + b: one scalar weight per token (the 'wide' / linear part)."""
+
+    def __init__(self, fields: list[FieldInfo], numeric: Literal["bin", "scaled"]) -> None:
+        super().__init__()
+        self.weights = FieldEmbedding(fields, 1, numeric)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights(batch, drop).sum(dim=(1, 2)) + self.bias

@@ -1,0 +1,41 @@
+"""DCNv2 (Wang et al., 2021): full-rank cross network with a DNN, parallel or stacked."""
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from genctr.models.base import CTRModel, ModelOptions
+from genctr.nn.blocks import MLP, CrossNetV2
+
+
+class DCNv2Options(ModelOptions):
+    structure: Literal["parallel", "stacked"] = "parallel"
+    cross_layers: int = Field(3, ge=1)
+    hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400])
+    dropout: float = Field(0.0, ge=0, lt=1)
+    batch_norm: bool = False
+
+
+class DCNv2(CTRModel):
+    name = "dcnv2"
+    Options = DCNv2Options
+
+    def __init__(self, fields, options: DCNv2Options):
+        super().__init__(fields, options)
+        self.cross = CrossNetV2(self.flat_dim, options.cross_layers)
+        mlp_in = self.flat_dim
+        self.mlp = MLP(mlp_in, options.hidden_units, dropout=options.dropout,
+                       batch_norm=options.batch_norm)
+        head_in = self.mlp.out_dim + (self.flat_dim if options.structure == "parallel" else 0)
+        self.head = nn.Linear(head_in, 1)
+
+    def forward(self, batch, drop=None):
+        flat = self.embedding(batch, drop).flatten(1)
+        crossed = self.cross(flat)
+        if self.options.structure == "stacked":
+            out = self.mlp(crossed)
+        else:
+            out = torch.cat([crossed, self.mlp(flat)], dim=1)
+        return self.head(out).squeeze(-1)

@@ -1,0 +1,127 @@
+"""FieldEmbedding: Batch -> [B, F, D], one vector per field, with neutral embeddings for `drop`.
+
+Every backbone consumes this one tensor (FuxiCTR's convention). A field marked in `drop`
+receives its neutral embedding: the training-frequency-weighted mean of its table, i.e. what
+the model "expects" of the field when it knows nothing about it. This is what MATT and UTTSI
+substitute for an unreliable feature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from genctr.data.batches import Batch
+from genctr.data.encode import FeatureEncoder
+from genctr.schema import OOV, FieldKind
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """What a model needs to know of a field: its kind, table and training frequencies."""
+
+    name: str
+    kind: FieldKind
+    vocab_size: int
+    table: str  # the field owning the embedding table (itself unless it shares a vocabulary)
+    max_len: int | None
+    train_counts: tuple[int, ...]
+
+    @property
+    def is_list(self) -> bool:
+        return self.kind in (FieldKind.multi, FieldKind.sequence)
+
+
+def field_infos(encoder: FeatureEncoder) -> list[FieldInfo]:
+    """FieldInfo for every schema field, in schema order."""
+    infos = []
+    for spec in encoder.schema.fields:
+        table = spec.share_vocab or spec.name
+        infos.append(FieldInfo(spec.name, spec.kind, encoder.vocab_size(table), table, spec.max_len,
+                               tuple(int(c) for c in encoder.train_counts(table))))
+    return infos
+
+
+class FieldEmbedding(nn.Module):
+    """Embeds every field of a batch into [B, F, D].
+
+    Numeric fields use their quantile-bin token (`numeric="bin"`) or their value times a
+    learned vector (`numeric="scaled"`, with a separate vector for missing values). Multi and
+    sequence fields are mean-pooled over their non-padding items; `sequence()` gives a model
+    the raw [B, L, D] items instead (DIN).
+    """
+
+    def __init__(self, fields: list[FieldInfo], dim: int,
+                 numeric: Literal["bin", "scaled"] = "bin") -> None:
+        super().__init__()
+        self.fields = fields
+        self.dim = dim
+        self.numeric = numeric
+        self.tables = nn.ModuleDict()
+        frequencies = {}
+        for f in fields:
+            if f.table == f.name:
+                self.tables[f.name] = nn.Embedding(f.vocab_size, dim, padding_idx=0)
+                counts = np.asarray(f.train_counts, dtype=np.float64)
+                if counts.sum() == 0:  # a field never seen in train: fall back to OOV
+                    counts = np.eye(f.vocab_size)[OOV]
+                frequencies[f.name] = counts / counts.sum()
+        for name, freq in frequencies.items():
+            self.register_buffer(f"frequency_{name}", torch.tensor(freq, dtype=torch.float32),
+                                 persistent=False)
+        self.scaled = {f.name for f in fields if f.kind is FieldKind.numeric and numeric == "scaled"}
+        self.value_vectors = nn.ParameterDict({
+            name: nn.Parameter(torch.randn(2, dim) * 0.01) for name in self.scaled})  # value, missing
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=1e-4)  # small init, as FuxiCTR does for CTR
+            with torch.no_grad():
+                table.weight[0].zero_()
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.fields)
+
+    def field_index(self, name: str) -> int:
+        return [f.name for f in self.fields].index(name)
+
+    def sequence(self, batch: Batch, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw item embeddings [B, L, D] of a list field and its mask [B, L] (True = item)."""
+        info = self.fields[self.field_index(name)]
+        tokens = batch.tokens[name]
+        return self.tables[info.table](tokens), tokens != 0
+
+    def neutral(self) -> torch.Tensor:
+        """[F, D]: each field's training-frequency-weighted mean embedding (for a `scaled`
+        numeric field: its missing-value vector, the embedding of 'value unknown')."""
+        rows = []
+        for f in self.fields:
+            if f.name in self.scaled:
+                rows.append(self.value_vectors[f.name][1])
+            else:
+                rows.append(getattr(self, f"frequency_{f.table}") @ self.tables[f.table].weight)
+        return torch.stack(rows)
+
+    def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, F, D]; fields where `drop` [B, F] is True get their neutral embedding."""
+        vectors = []
+        for f in self.fields:
+            tokens = batch.tokens[f.name]
+            if f.name in self.scaled:
+                value = batch.values[f.name].unsqueeze(-1)
+                present = (tokens != OOV).unsqueeze(-1)
+                vec = self.value_vectors[f.name]
+                vectors.append(torch.where(present, value * vec[0], vec[1]))
+            elif f.is_list:
+                items = self.tables[f.table](tokens)
+                mask = (tokens != 0).unsqueeze(-1).to(items.dtype)
+                vectors.append((items * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+            else:
+                vectors.append(self.tables[f.table](tokens))
+        out = torch.stack(vectors, dim=1)
+        if drop is not None:
+            out = torch.where(drop.unsqueeze(-1), self.neutral().unsqueeze(0).to(out.dtype), out)
+        return out

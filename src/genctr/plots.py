@@ -1,0 +1,45 @@
+"""PNG plots for reports: training curves and per-model AUC with error bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_curves(histories: dict[str, list[dict]], path: str | Path, title: str) -> Path:
+    """Valid AUC and train loss per epoch, one line per run label."""
+    fig, (ax_auc, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, history in histories.items():
+        epochs = [h["epoch"] for h in history]
+        ax_auc.plot(epochs, [h["valid_auc"] for h in history], marker="o", label=label)
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label=label)
+    ax_auc.set(xlabel="epoch", ylabel="valid AUC", title=title)
+    ax_loss.set(xlabel="epoch", ylabel="train logloss", title="training loss")
+    ax_auc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_auc_bars(means: dict[str, float], stds: dict[str, float], path: str | Path,
+                  title: str) -> Path:
+    """Mean test AUC per model with ±1 std error bars."""
+    labels = list(means)
+    fig, ax = plt.subplots(figsize=(max(4, 1.1 * len(labels)), 3.6))
+    ax.bar(labels, [means[k] for k in labels], yerr=[stds.get(k, 0) for k in labels], capsize=4,
+           color="#4c72b0")
+    low = min(means[k] - stds.get(k, 0) for k in labels)
+    high = max(means[k] + stds.get(k, 0) for k in labels)
+    pad = max((high - low) * 0.3, 0.001)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set(ylabel="test AUC (mean ± std over seeds)", title=title)
+    plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

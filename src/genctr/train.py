@@ -1,0 +1,233 @@
+"""Trainer: fit a CTRModel with early stopping, LR decay on plateau, atomic checkpoints, resume.
+
+The whole loop reads top to bottom in `Trainer.fit`. The Trainer owns everything a model
+should not: optimizer, device, loss, regularisation, schedule, compilation and precision.
+Determinism: the model is built after `torch.manual_seed(seed)`, epoch e shuffles with a
+numpy generator seeded by (seed, e), and the torch RNG state (dropout) is checkpointed, so a
+resumed run reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from genctr.data.batches import batch_of, iterate_batches
+from genctr.data.encoded import EncodedSplit
+from genctr.errors import GenctrError
+from genctr.metrics import auc, logloss
+from genctr.models.base import CTRModel
+from genctr.schema import Strict
+
+CHECKPOINT = "checkpoint.pt"
+BEST_WEIGHTS = "model.pt"
+HISTORY = "history.jsonl"
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    eval_batch_size: int = Field(65536, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    embedding_l2: float = Field(0.0, ge=0, description="λ: + λ/2·‖table‖² per step, FuxiCTR's "
+                                "embedding_regularizer")
+    net_l2: float = Field(0.0, ge=0, description="λ/2·‖W‖² on every other weight matrix")
+    grad_clip: float | None = Field(10.0, gt=0)
+    monitor: Literal["auc", "logloss"] = "auc"
+    patience: int = Field(2, ge=1)
+    lr_decay: float = Field(0.1, gt=0, le=1, description="LR factor after an epoch without gain")
+    min_lr: float = Field(1e-6, ge=0)
+    seed: int = 2024
+    compile: bool = False
+    bf16: bool = False
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+
+
+class TrainingDiverged(GenctrError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    best_metric: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _is_better(metric: float, best: float | None, monitor: str) -> bool:
+    if best is None:
+        return True
+    return metric > best if monitor == "auc" else metric < best
+
+
+def predict_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536,
+                  bf16: bool = False, drop: torch.Tensor | None = None) -> np.ndarray:
+    """Click probabilities of every row, in order, in eval mode."""
+    model.eval()
+    out = []
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        for start in range(0, len(split), batch_size):
+            rows = slice(start, min(start + batch_size, len(split)))
+            batch = batch_of(split, rows)
+            logits = model(batch, None if drop is None else drop[rows])
+            out.append(torch.sigmoid(logits.float()).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def regularization(model: nn.Module, embedding_l2: float, net_l2: float) -> torch.Tensor:
+    """λ_e/2·Σ‖embedding table‖² + λ_n/2·Σ‖weight matrix‖² (biases and norms excluded)."""
+    total = torch.zeros(())
+    if embedding_l2 == 0 and net_l2 == 0:
+        return total
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and embedding_l2:
+            total = total + embedding_l2 / 2 * module.weight.pow(2).sum()
+        elif isinstance(module, nn.Linear) and net_l2:
+            total = total + net_l2 / 2 * module.weight.pow(2).sum()
+    return total
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, run_dir: str | Path,
+                 log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.log = log
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+
+    # ------------------------------------------------------------------------ the loop
+    def fit(self, model: CTRModel, train: EncodedSplit, valid: EncodedSplit,
+            resume: bool = False) -> TrainState:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        state = TrainState()
+        if resume and (self.run_dir / CHECKPOINT).is_file():
+            state = self._load_checkpoint(model, optimizer)
+            self.log(f"resumed after epoch {state.epoch} (best {cfg.monitor} "
+                     f"{state.best_metric:.5f} at epoch {state.best_epoch})")
+        forward = torch.compile(model) if cfg.compile else model
+        while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+            epoch = state.epoch
+            train_loss, seconds = self._train_epoch(forward, model, optimizer, train, epoch)
+            valid_prob = predict_split(model, valid, cfg.eval_batch_size, cfg.bf16)
+            metrics = {"auc": auc(valid.label, valid_prob), "logloss": logloss(valid.label, valid_prob)}
+            improved = _is_better(metrics[cfg.monitor], state.best_metric, cfg.monitor)
+            if improved:
+                state.best_metric, state.best_epoch, state.bad_epochs = metrics[cfg.monitor], epoch, 0
+                self._save_atomic(model.state_dict(), BEST_WEIGHTS)
+            else:
+                state.bad_epochs += 1
+                for group in optimizer.param_groups:
+                    group["lr"] = max(group["lr"] * cfg.lr_decay, cfg.min_lr)
+            record = {"epoch": epoch, "train_loss": train_loss, "valid_auc": metrics["auc"],
+                      "valid_logloss": metrics["logloss"], "epoch_seconds": seconds,
+                      "train_samples_per_s": len(train) / seconds,
+                      "lr": optimizer.param_groups[0]["lr"], "improved": improved}
+            state.history.append(record)
+            state.epoch += 1
+            with (self.run_dir / HISTORY).open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            self._save_checkpoint(model, optimizer, state)
+            self.log(f"epoch {epoch}: loss {train_loss:.5f}, valid auc {metrics['auc']:.5f} "
+                     f"logloss {metrics['logloss']:.5f}, {seconds:.1f} s "
+                     f"({len(train) / seconds:,.0f} samples/s){' *' if improved else ''}")
+        model.load_state_dict(torch.load(self.run_dir / BEST_WEIGHTS, weights_only=True))
+        return state
+
+    def _train_epoch(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
+                     train: EncodedSplit, epoch: int) -> tuple[float, float]:
+        cfg = self.config
+        model.train()
+        total, batches = 0.0, 0
+        steps = -(-len(train) // cfg.batch_size)
+        started = time.perf_counter()
+        with self._progress(steps, epoch) as advance:
+            for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
+                                         seed=cfg.seed * 100_003 + epoch):
+                with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16):
+                    logits = forward(batch)
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
+                objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
+                if not torch.isfinite(objective):
+                    raise TrainingDiverged(
+                        f"loss became {objective.item()} in epoch {epoch}, batch {batches}; the "
+                        f"last good checkpoint (after epoch {epoch - 1}) is kept in {self.run_dir}. "
+                        "Lower learning_rate or set grad_clip.")
+                optimizer.zero_grad(set_to_none=True)
+                objective.backward()
+                if cfg.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                total += loss.item()
+                batches += 1
+                advance(len(batch))
+        return total / max(batches, 1), time.perf_counter() - started
+
+    def _progress(self, steps: int, epoch: int):
+        """A rich progress bar with samples/s on a terminal; silent otherwise (CI, logs)."""
+        import contextlib
+        import sys
+
+        if not (self.config.progress and sys.stderr.isatty()):
+            return contextlib.nullcontext(lambda n: None)
+
+        @contextlib.contextmanager
+        def bar():
+            columns = (TextColumn(f"epoch {epoch}"), BarColumn(), TextColumn("{task.fields[rate]}"),
+                       TimeRemainingColumn())
+            with Progress(*columns, transient=True) as progress:
+                task = progress.add_task("train", total=steps, rate="")
+                started, seen = time.perf_counter(), 0
+
+                def advance(n: int) -> None:
+                    nonlocal seen
+                    seen += n
+                    rate = seen / max(time.perf_counter() - started, 1e-9)
+                    progress.update(task, advance=1, rate=f"{rate:,.0f} samples/s")
+
+                yield advance
+
+        return bar()
+
+    # ----------------------------------------------------------------- checkpoints
+    def _save_atomic(self, obj: Any, name: str) -> None:
+        """Write to a temporary file, then rename: a killed run never leaves half a file."""
+        target = self.run_dir / name
+        temporary = target.with_suffix(target.suffix + ".tmp")
+        torch.save(obj, temporary)
+        os.replace(temporary, target)
+
+    def _save_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer,
+                         state: TrainState) -> None:
+        self._save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "state": state.__dict__, "torch_rng": torch.get_rng_state()}, CHECKPOINT)
+
+    def _load_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer) -> TrainState:
+        saved = torch.load(self.run_dir / CHECKPOINT, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = TrainState(**saved["state"])
+        # history.jsonl may hold an epoch written after this checkpoint: keep the file in step
+        lines = [json.dumps(r) for r in state.history]
+        (self.run_dir / HISTORY).write_text("".join(line + "\n" for line in lines))
+        return state
