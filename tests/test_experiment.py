@@ -1,0 +1,57 @@
+"""The experiment runner and the report, end to end on tiny synthetic data."""
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+EXPERIMENT = {
+    "name": "tiny",
+    "results": "bench/results/synthetic.jsonl",
+    "output_dir": "runs",
+    "tasks": {"synthetic-small": {"source": "synthetic", "cache_dir": "cache",
+                                  "options": {"rows": 3000, "users": 60, "items": 40}}},
+    "models": {"dnn": {"hidden_units": [16]}, "fm": {}},
+    "seeds": [1, 2],
+    "train": {"batch_size": 256, "epochs": 2},
+}
+
+
+def genctr(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "genctr", *args], cwd=cwd, capture_output=True,
+                          text=True)
+
+
+def test_matrix_runs_records_skips_and_reports(tmp_path):
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(EXPERIMENT))
+    first = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    records = [json.loads(x) for x in (tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["seed"]) for r in records) == [("dnn", 1), ("dnn", 2), ("fm", 1), ("fm", 2)]
+    for r in records:
+        assert 0.5 < r["test_auc"] < 1 and r["train_samples_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert set(r["segments"]) == {"cold", "tail", "warm"}
+        assert r["inference"] == "plain" and r["pretrain"] == "none"
+    again = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert again.stdout.count("already recorded") == 4
+    assert len((tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()) == 4
+    report = genctr("report", "--benchmarks-dir", "bench", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "bench" / "RESULTS.md").read_text()
+    assert "## synthetic-small" in text and "| fm | 1,2 |" in text and "p=" in text
+    assert (tmp_path / "bench" / "plots" / "synthetic-small-auc.png").is_file()
+
+
+def test_unknown_experiment_key_is_reported(tmp_path):
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({**EXPERIMENT, "seedz": [1]}))
+    result = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown key 'seedz'" in result.stdout and "Traceback" not in result.stdout + result.stderr
+
+
+def test_unknown_model_option_is_reported(tmp_path):
+    bad = {**EXPERIMENT, "models": {"dnn": {"hiden_units": [8]}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(bad))
+    result = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "hiden_units" in result.stdout

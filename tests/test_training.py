@@ -1,0 +1,114 @@
+"""Trainer: determinism, resume after a kill, save/load in a fresh process, NaN handling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from genctr.config import DataConfig, RunConfig
+from genctr.runs import load_run, predict_file, train_run
+from genctr.train import Trainer, TrainingDiverged
+
+
+def config(tmp_path, **train):
+    return RunConfig(data=DataConfig(cache_dir=str(tmp_path / "cache"),
+                                     options={"rows": 6000, "users": 100, "items": 80}),
+                     model={"name": "dnn", "hidden_units": [32], "dropout": 0.2},
+                     train={"batch_size": 256, "epochs": 4, "patience": 10, "seed": 5,
+                            "progress": False, **train},
+                     output_dir=str(tmp_path / "runs"))
+
+
+def quiet(line):
+    pass
+
+
+def test_same_seed_repeats_exactly(tmp_path):
+    _, _, first = train_run(config(tmp_path), tmp_path / "a", log=quiet)
+    _, _, second = train_run(config(tmp_path), tmp_path / "b", log=quiet)
+    assert first["test"]["auc"] == second["test"]["auc"]
+    _, _, other = train_run(config(tmp_path, seed=6), tmp_path / "c", log=quiet)
+    assert other["test"]["auc"] != first["test"]["auc"]
+
+
+def test_resume_after_a_kill_reaches_the_same_metrics(tmp_path, monkeypatch):
+    run, _, uninterrupted = train_run(config(tmp_path), tmp_path / "full", log=quiet)
+    original = Trainer._train_epoch
+
+    def killed_in_epoch_2(self, forward, model, optimizer, train, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, forward, model, optimizer, train, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config(tmp_path), tmp_path / "killed", log=quiet)
+    history = [json.loads(x) for x in (tmp_path / "killed" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 2
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    resumed, state, metrics = train_run(config(tmp_path), tmp_path / "killed", resume=True, log=quiet)
+    assert len(state.history) == 4
+    assert metrics["test"]["auc"] == uninterrupted["test"]["auc"]
+    for a, b in zip(run.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_early_stopping_reloads_the_best_epoch_and_decays_lr(tmp_path):
+    _, state, metrics = train_run(config(tmp_path, epochs=30, patience=2, learning_rate=0.01),
+                                  tmp_path / "r", log=quiet)
+    history = state.history
+    assert len(history) < 30 and not history[-1]["improved"] and not history[-2]["improved"]
+    best = max(h["valid_auc"] for h in history)
+    assert metrics["valid"]["auc"] == pytest.approx(best, abs=1e-9)
+    assert history[-1]["lr"] == pytest.approx(0.01 * 0.1 ** 2)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    cfg = config(tmp_path)
+    original = Trainer._train_epoch
+
+    def poison_epoch_1(self, forward, model, optimizer, train, epoch):
+        if epoch == 1:
+            with torch.no_grad():
+                next(iter(model.mlp.parameters())).fill_(float("nan"))
+        return original(self, forward, model, optimizer, train, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", poison_epoch_1)
+    with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1, batch 0.*last good"):
+        train_run(cfg, tmp_path / "nan", log=quiet)
+    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    assert saved["state"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_saved_run_loads_in_a_fresh_process_with_identical_predictions(tmp_path):
+    run, _, _ = train_run(config(tmp_path), tmp_path / "run", log=quiet)
+    rows = pl.DataFrame({
+        "user_id": ["u1", "never-seen"], "item_id": ["i2", "i99999"], "item_category": ["c1", "c?"],
+        "gender": ["F", "?"], "age": ["3", "99"], "region": ["r1", "r-1"],
+        "device": ["mobile", "toaster"], "hour": ["20", "25"], "price": ["9.5", ""],
+        "tags": ["t1|t2", "t999"], "hist_items": ["i1^i2", ""], "hist_len": ["2", "0"]})
+    rows.write_csv(tmp_path / "rows.csv")
+    predict_file(run, tmp_path / "rows.csv", tmp_path / "here.csv")
+    script = (f"from genctr.runs import load_run, predict_file; "
+              f"predict_file(load_run({str(tmp_path / 'run')!r}), {str(tmp_path / 'rows.csv')!r}, "
+              f"{str(tmp_path / 'there.csv')!r})")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    here = pl.read_csv(tmp_path / "here.csv")["probability"].to_numpy()
+    there = pl.read_csv(tmp_path / "there.csv")["probability"].to_numpy()
+    np.testing.assert_array_equal(here, there)
+    assert np.all((here > 0) & (here < 1))
+    reloaded = load_run(tmp_path / "run")
+    for a, b in zip(run.model.state_dict().values(), reloaded.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_saved_config_round_trips(tmp_path):
+    run, _, _ = train_run(config(tmp_path), tmp_path / "run", log=quiet)
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert RunConfig.model_validate(saved) == run.config
