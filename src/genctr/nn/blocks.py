@@ -6,6 +6,26 @@ import torch
 from torch import nn
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with the same distribution as nn.Dropout, about 3x faster on CPU.
+
+    PyTorch's CPU dropout draws with `bernoulli_`, which took a third of a DNN training step
+    here; comparing `rand_like` with p gives the same Bernoulli(1 - p) mask far faster.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x) >= self.p
+        return x * keep * (1.0 / (1.0 - self.p))
+
+
 class MLP(nn.Module):
     """Linear -> [BatchNorm] -> activation -> [Dropout], per hidden layer; optional output layer."""
 
@@ -19,7 +39,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(width))
             layers.append(activation())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             in_dim = width
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))

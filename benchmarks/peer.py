@@ -1,0 +1,129 @@
+"""genctr vs FuxiCTR 2.3.10: same rows, model and hyper-parameters, in one run on one machine.
+
+    .venv/bin/python benchmarks/peer.py --experiment configs/bench-frappe.yaml \
+        [--models dnn deepfm dcnv2] [--seeds 1 2 3]
+
+For each (model, seed), back to back: genctr (`genctr train` on the experiment's cell config,
+from the raw files with a cold cache, so its total includes encoding), then FuxiCTR (its
+FeatureProcessor + build_dataset on the same columns exported as CSV by benchmarks/encode.py,
+then its model_zoo model with the translated hyper-parameters). Both records are appended to the
+experiment's results file; the genctr record carries the throughput and total-time ratios of the
+pair, and counts as that experiment's cell, so `genctr run` does not train it again. Cells
+already recorded are skipped. Needs FuxiCTR's venv (created by benchmarks/encode.py) and a
+source checkout of reczoo/FuxiCTR for model_zoo (--fuxictr-src).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "benchmarks" / ".work"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def fuxictr_params(model: dict, train) -> dict:
+    """Our model/train config in FuxiCTR's parameter names."""
+    params = {"learning_rate": train.learning_rate, "embedding_regularizer": train.embedding_l2,
+              "net_regularizer": train.net_l2, "batch_size": train.batch_size,
+              "embedding_dim": model.get("embedding_dim", 10), "epochs": train.epochs,
+              "early_stop_patience": train.patience, "max_gradient_norm": train.grad_clip,
+              "net_dropout": model.get("dropout", 0.0), "batch_norm": model.get("batch_norm", False)}
+    if model["name"] in ("dnn", "deepfm"):
+        params |= {"hidden_units": model["hidden_units"], "hidden_activations": "relu"}
+    elif model["name"] == "dcnv2":
+        units = "parallel_dnn_hidden_units" if model["structure"] == "parallel" else "stacked_dnn_hidden_units"
+        params |= {"model_structure": model["structure"], "use_low_rank_mixture": False,
+                   "num_cross_layers": model["cross_layers"], units: model["hidden_units"],
+                   "dnn_activations": "relu"}
+    else:
+        raise SystemExit(f"no FuxiCTR translation for model {model['name']}")
+    return params
+
+
+def recorded(results: Path) -> set[tuple]:
+    if not results.is_file():
+        return set()
+    return {(r["experiment"], r["model"], r["seed"]) for r in
+            map(json.loads, filter(str.strip, results.read_text().splitlines()))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", type=Path, required=True)
+    parser.add_argument("--models", nargs="+", default=["dnn", "deepfm", "dcnv2"])
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--fuxictr-venv", type=Path, default=WORK / "fuxictr-venv")
+    parser.add_argument("--fuxictr-src", type=Path, default=WORK / "FuxiCTR")
+    args = parser.parse_args()
+
+    from encode import export_csv, fuxictr_python
+
+    from genctr.experiment import load_experiment, record_for
+    from genctr.provenance import git_commit, machine, now_iso
+
+    experiment = load_experiment(args.experiment)
+    (task, data), = experiment.tasks.items()
+    results = Path(experiment.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = recorded(results)
+    python = fuxictr_python(args.fuxictr_venv)
+    csv_dir = export_csv(task, Path(data.data_dir))
+    command = f"benchmarks/peer.py --experiment {args.experiment}"
+    for seed in args.seeds or experiment.seeds:
+        for label in args.models:
+            if (experiment.name, label, seed) in done and (experiment.name, f"fuxictr:{label}", seed) in done:
+                print(f"skip {label} seed {seed}: recorded", flush=True)
+                continue
+            config = experiment.run_config(task, label, seed)
+            run_dir = Path(config.output_dir) / config.run_name()
+            with tempfile.TemporaryDirectory(dir=WORK) as cold_cache:
+                cell = config.model_copy(update={"data": data.model_copy(update={"cache_dir": cold_cache})})
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "peer-cell.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json")))
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "genctr", "train", str(run_dir / "peer-cell.yaml"),
+                                "--output", str(run_dir)], check=True, stdout=subprocess.DEVNULL)
+                genctr_total = time.perf_counter() - started
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            ours = record_for(task, label, seed, config, metrics, experiment.name, run_dir)
+
+            started = time.perf_counter()
+            peer_run = subprocess.run(
+                [str(python), str(ROOT / "benchmarks" / "fuxictr_train.py"), "--csv-dir", str(csv_dir),
+                 "--spec", str(csv_dir / "fuxictr_spec.yaml"), "--work-dir", str(WORK / "fuxictr-train" / task),
+                 "--fuxictr-src", str(args.fuxictr_src), "--model", config.model_name,
+                 "--seed", str(seed), "--params", json.dumps(fuxictr_params(config.model, config.train))],
+                check=True, capture_output=True, text=True)
+            fuxictr_total = time.perf_counter() - started
+            peer = json.loads(peer_run.stdout.strip().splitlines()[-1])
+            theirs = {"task": task, "model": f"fuxictr:{label}", "pretrain": "none", "inference": "plain",
+                      "seed": seed, **{k: peer[k] for k in ("test_auc", "test_logloss", "valid_auc", "epochs",
+                                                          "best_epoch", "epoch_seconds",
+                                                          "train_samples_per_s", "peak_rss_mb")},
+                      "total_seconds": fuxictr_total, "experiment": experiment.name,
+                      "config": {"fuxictr_params": fuxictr_params(config.model, config.train)},
+                      "command": command, "commit": git_commit(), "machine": machine(),
+                      "finished_at": now_iso()}
+            ours |= {"total_seconds": genctr_total, "command": command,
+                     "throughput_vs_fuxictr": ours["train_samples_per_s"] / peer["train_samples_per_s"],
+                     "total_speedup_vs_fuxictr": fuxictr_total / genctr_total}
+            with results.open("a") as handle:
+                handle.write(json.dumps(ours) + "\n" + json.dumps(theirs) + "\n")
+            print(f"{label} seed {seed}: genctr auc {ours['test_auc']:.5f} {ours['train_samples_per_s']:,.0f}/s "
+                  f"total {genctr_total:.0f}s | fuxictr auc {peer['test_auc']:.5f} "
+                  f"{peer['train_samples_per_s']:,.0f}/s total {fuxictr_total:.0f}s | throughput x"
+                  f"{ours['throughput_vs_fuxictr']:.2f}, total x{ours['total_speedup_vs_fuxictr']:.2f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
