@@ -78,6 +78,7 @@ def main() -> None:
     python = fuxictr_python(args.fuxictr_venv)
     csv_dir = export_csv(task, Path(data.data_dir))
     command = f"benchmarks/peer.py --experiment {args.experiment}"
+    commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     for seed in args.seeds or experiment.seeds:
         for label in args.models:
             if (experiment.name, label, seed) in done and (experiment.name, f"fuxictr:{label}", seed) in done:
@@ -94,7 +95,7 @@ def main() -> None:
                                 "--output", str(run_dir)], check=True, stdout=subprocess.DEVNULL)
                 genctr_total = time.perf_counter() - started
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            ours = record_for(task, label, seed, config, metrics, experiment.name, run_dir)
+            ours = record_for(task, label, seed, config, metrics, experiment.name, run_dir, commit)
 
             started = time.perf_counter()
             peer_run = subprocess.run(
@@ -111,7 +112,7 @@ def main() -> None:
                                                           "train_samples_per_s", "peak_rss_mb")},
                       "total_seconds": fuxictr_total, "experiment": experiment.name,
                       "config": {"fuxictr_params": fuxictr_params(config.model, config.train)},
-                      "command": command, "commit": git_commit(), "machine": machine(),
+                      "command": command, "commit": commit, "machine": machine(),
                       "finished_at": now_iso()}
             ours |= {"total_seconds": genctr_total, "command": command,
                      "throughput_vs_fuxictr": ours["train_samples_per_s"] / peer["train_samples_per_s"],

@@ -67,7 +67,7 @@ def recorded_cells(results: Path, experiment: str) -> set[tuple[str, str, int]]:
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
-               experiment: str, run_dir: Path) -> dict[str, Any]:
+               experiment: str, run_dir: Path, commit: str) -> dict[str, Any]:
     test, training = metrics["test"], metrics["training"]
     return {
         "task": task, "model": model, "pretrain": "none", "inference": "plain", "seed": seed,
@@ -80,7 +80,7 @@ def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dic
         "epoch_seconds": training["epoch_seconds"], "peak_rss_mb": training["peak_rss_mb"],
         "experiment": experiment, "run_dir": str(run_dir),
         "config": {"model": config.model, "train": config.train.model_dump(mode="json")},
-        "commit": git_commit(), "machine": machine(), "finished_at": now_iso(),
+        "commit": commit, "machine": machine(), "finished_at": now_iso(),
     }
 
 
@@ -89,6 +89,7 @@ def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = pr
     results = Path(experiment.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     done = recorded_cells(results, experiment.name)
+    commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     ran = 0
     for task, model, seed in experiment.cells():
         if (task, model, seed) in done:
@@ -106,7 +107,7 @@ def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = pr
         if finished.returncode != 0:
             raise GenctrError(f"cell {task}/{model}/seed {seed} failed (exit {finished.returncode})")
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        record = record_for(task, model, seed, config, metrics, experiment.name, run_dir)
+        record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit)
         with results.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(f"  test auc {record['test_auc']:.5f} logloss {record['test_logloss']:.5f}")
