@@ -105,7 +105,8 @@ def main() -> None:
                  "--seed", str(seed), "--params", json.dumps(fuxictr_params(config.model, config.train))],
                 check=True, capture_output=True, text=True)
             fuxictr_total = time.perf_counter() - started
-            peer = json.loads(peer_run.stdout.strip().splitlines()[-1])
+            # FuxiCTR and Ray may print after our JSON line: take the last line that is one
+            peer = json.loads([line for line in peer_run.stdout.splitlines() if line.startswith("{")][-1])
             theirs = {"task": task, "model": f"fuxictr:{label}", "pretrain": "none", "inference": "plain",
                       "seed": seed, **{k: peer[k] for k in ("test_auc", "test_logloss", "valid_auc", "epochs",
                                                           "best_epoch", "epoch_seconds",
