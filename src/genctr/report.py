@@ -9,7 +9,7 @@ from statistics import median
 import numpy as np
 
 from genctr.metrics import paired_t_test
-from genctr.plots import plot_auc_bars
+from genctr.plots import plot_auc_bars, plot_training_curves
 
 HEADER = """# Benchmark results
 
@@ -131,7 +131,24 @@ def training_section(task: str, records: list[dict], plots_dir: Path,
         plots_dir.mkdir(parents=True, exist_ok=True)
         plot = plot_auc_bars(means, stds, plots_dir / f"{task}-auc.png", f"{task}: test AUC")
         lines += ["", f"![test AUC per method]({plot.relative_to(plots_dir.parent)})"]
+    histories = first_seed_histories(groups)
+    if histories:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        curves = plot_training_curves(histories, plots_dir / f"{task}-curves.png",
+                                      f"{task}: lowest seed of each method")
+        lines += ["", f"![training curves]({curves.relative_to(plots_dir.parent)})"]
     return "\n".join(lines) + "\n"
+
+
+def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per method, the per-epoch history of its lowest-seed run, where that run folder exists."""
+    histories = {}
+    for label, records in groups.items():
+        run_dir = min(records, key=lambda r: r["seed"]).get("run_dir")
+        history = Path(run_dir or "") / "history.jsonl"
+        if run_dir and history.is_file():
+            histories[label] = read_records(history)
+    return histories
 
 
 def write_results_markdown(benchmarks_dir: str | Path) -> Path:
