@@ -140,6 +140,43 @@ def training_section(task: str, records: list[dict], plots_dir: Path,
     return "\n".join(lines) + "\n"
 
 
+def peer_section(task: str, records: list[dict]) -> str:
+    """genctr beside FuxiCTR, pair by pair (same model, seed, rows and hyper-parameters, run back
+    to back by benchmarks/peer.py): AUC difference, training throughput and total-time ratios."""
+    ours = {(r["model"], r["seed"]): r for r in records if "throughput_vs_fuxictr" in r}
+    if not ours:
+        return ""
+    theirs = {(r["model"].removeprefix("fuxictr:"), r["seed"]): r for r in records
+              if r["model"].startswith("fuxictr:")}
+    lines = [f"### {task}: genctr vs FuxiCTR 2.3.10, pair by pair", "",
+             "Each pair ran back to back in one `benchmarks/peer.py` run on this machine. "
+             "Throughput: training samples/s over training epochs only (median epoch), genctr / "
+             "FuxiCTR. Total: wall time from raw inputs to test metrics (genctr from the original "
+             "files with a cold cache; FuxiCTR from the exported CSV columns, its build_dataset "
+             "included), FuxiCTR / genctr.", "",
+             "| model | seed | genctr AUC | FuxiCTR AUC | Δ AUC | genctr samples/s | FuxiCTR samples/s "
+             "| throughput × | genctr total s | FuxiCTR total s | total × |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    by_model: dict[str, list[tuple[dict, dict]]] = {}
+    for key in sorted(ours):
+        if key not in theirs:
+            continue
+        a, b = ours[key], theirs[key]
+        by_model.setdefault(key[0], []).append((a, b))
+        lines.append(f"| {key[0]} | {key[1]} | {a['test_auc']:.5f} | {b['test_auc']:.5f} | "
+                     f"{a['test_auc'] - b['test_auc']:+.5f} | {a['train_samples_per_s']:,.0f} | "
+                     f"{b['train_samples_per_s']:,.0f} | {a['throughput_vs_fuxictr']:.2f} | "
+                     f"{a['total_seconds']:.0f} | {b['total_seconds']:.0f} | "
+                     f"{a['total_speedup_vs_fuxictr']:.2f} |")
+    for model, pairs in by_model.items():
+        diff = np.mean([a["test_auc"] - b["test_auc"] for a, b in pairs])
+        lines.append(f"| **{model} mean** | {len(pairs)} seeds | {np.mean([a['test_auc'] for a, _ in pairs]):.5f} | "
+                     f"{np.mean([b['test_auc'] for _, b in pairs]):.5f} | {diff:+.5f} | | | "
+                     f"{np.mean([a['throughput_vs_fuxictr'] for a, _ in pairs]):.2f} | | | "
+                     f"{np.mean([a['total_speedup_vs_fuxictr'] for a, _ in pairs]):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per method, the per-epoch history of its lowest-seed run, where that run folder exists."""
     histories = {}
@@ -163,6 +200,7 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
             by_task.setdefault(record["task"], []).append(record)
         for task, records in by_task.items():
             sections.append(training_section(task, records, folder / "plots"))
+            sections.append(peer_section(task, records))
     text = HEADER + "\n" + "\n".join(s for s in sections if s)
     target = folder / "RESULTS.md"
     target.write_text(text)
