@@ -124,6 +124,13 @@ class SegmentSpec(Strict):
     max_train_rows: int | None = Field(None, ge=0)
 
 
+def user_activity_segments(field: str) -> list[SegmentSpec]:
+    """cold (no train rows), tail (1-10) and warm (more than 10) users, as BENCHMARKS.md defines."""
+    return [SegmentSpec(name="cold", field=field, min_train_rows=0, max_train_rows=0),
+            SegmentSpec(name="tail", field=field, min_train_rows=1, max_train_rows=10),
+            SegmentSpec(name="warm", field=field, min_train_rows=11)]
+
+
 class Schema(Strict):
     name: str
     label: LabelSpec

@@ -3,18 +3,16 @@
 from pydantic import Field
 from torch import nn
 
-from genctr.models.base import CTRModel, ModelOptions
+from genctr.models.base import CTRModel
+from genctr.models.dnn import DNNOptions
 from genctr.nn.blocks import MLP, SelfAttentionLayer
 
 
-class AutoIntOptions(ModelOptions):
+class AutoIntOptions(DNNOptions):
     attention_layers: int = Field(3, ge=1)
     attention_dim: int = Field(64, ge=1)
     heads: int = Field(2, ge=1)
     residual: bool = True
-    hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
 
 
 class AutoIntPlus(CTRModel):

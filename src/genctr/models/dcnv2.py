@@ -6,16 +6,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from genctr.models.base import CTRModel, ModelOptions
+from genctr.models.base import CTRModel
+from genctr.models.dnn import DNNOptions
 from genctr.nn.blocks import MLP, CrossNetV2
 
 
-class DCNv2Options(ModelOptions):
+class DCNv2Options(DNNOptions):
     structure: Literal["parallel", "stacked"] = "parallel"
     cross_layers: int = Field(3, ge=1)
-    hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
 
 
 class DCNv2(CTRModel):

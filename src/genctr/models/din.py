@@ -4,18 +4,16 @@ import torch
 from pydantic import Field
 
 from genctr.errors import ConfigError
-from genctr.models.base import CTRModel, ModelOptions
+from genctr.models.base import CTRModel
+from genctr.models.dnn import DNNOptions
 from genctr.nn.blocks import MLP, TargetAttention
 from genctr.schema import FieldKind
 
 
-class DINOptions(ModelOptions):
+class DINOptions(DNNOptions):
     sequence_field: str | None = None  # default: the schema's first sequence field
     target_field: str | None = None  # default: the field whose vocabulary the sequence shares
     attention_units: list[int] = Field(default_factory=lambda: [64])
-    hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400])
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
 
 
 class DIN(CTRModel):

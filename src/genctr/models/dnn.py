@@ -7,6 +7,8 @@ from genctr.nn.blocks import MLP
 
 
 class DNNOptions(ModelOptions):
+    """An MLP tower's options; models with a deep part extend these."""
+
     hidden_units: list[int] = Field(default_factory=lambda: [400, 400, 400])
     dropout: float = Field(0.0, ge=0, lt=1)
     batch_norm: bool = False

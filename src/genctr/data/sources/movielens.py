@@ -17,7 +17,8 @@ import polars as pl
 from genctr.data.raw import RawDataset
 from genctr.data.sources.base import Source, cut_by_position, read_text_table, require_file
 from genctr.errors import DataError
-from genctr.schema import FieldSpec, LabelSpec, Schema, SegmentSpec, Strict
+from genctr.schema import (FieldSpec, LabelSpec, Schema, SegmentSpec, Strict,
+                           user_activity_segments)
 
 RECBOLE_FILES = ("ml-1m.inter", "ml-1m.user", "ml-1m.item")
 ORIGINAL_FILES = ("ratings.dat", "users.dat", "movies.dat")
@@ -74,12 +75,8 @@ class MovieLensCTR(Source):
                           separator="^", max_len=opts.history_length),
                 FieldSpec(name="hist_len", kind="numeric", transform="log1p", bins=10),
             ],
-            segments=[
-                SegmentSpec(name="cold", field="user_id", min_train_rows=0, max_train_rows=0),
-                SegmentSpec(name="tail", field="user_id", min_train_rows=1, max_train_rows=10),
-                SegmentSpec(name="warm", field="user_id", min_train_rows=11),
-                SegmentSpec(name="tail_item", field="item_id", max_train_rows=20),
-            ],
+            segments=user_activity_segments("user_id")
+            + [SegmentSpec(name="tail_item", field="item_id", max_train_rows=20)],
         )
 
     def load(self) -> RawDataset:

@@ -18,7 +18,7 @@ from pydantic import Field
 from genctr.data.raw import RawDataset
 from genctr.data.sources.base import Source, cut_by_position
 from genctr.data.sources.movielens import build_histories
-from genctr.schema import FieldSpec, LabelSpec, Schema, SegmentSpec, Strict
+from genctr.schema import FieldSpec, LabelSpec, Schema, Strict, user_activity_segments
 
 N_CATEGORIES = 20
 N_TAGS = 30
@@ -65,11 +65,7 @@ class Synthetic(Source):
                           separator="^", max_len=self.options.history_length),
                 FieldSpec(name="hist_len", kind="numeric", transform="log1p", bins=8),
             ],
-            segments=[
-                SegmentSpec(name="cold", field="user_id", min_train_rows=0, max_train_rows=0),
-                SegmentSpec(name="tail", field="user_id", min_train_rows=1, max_train_rows=10),
-                SegmentSpec(name="warm", field="user_id", min_train_rows=11),
-            ],
+            segments=user_activity_segments("user_id"),
         )
 
     def load(self) -> RawDataset:
