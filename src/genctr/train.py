@@ -9,8 +9,10 @@ resumed run reaches the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,9 +186,6 @@ class Trainer:
 
     def _progress(self, steps: int, epoch: int):
         """A rich progress bar with samples/s on a terminal; silent otherwise (CI, logs)."""
-        import contextlib
-        import sys
-
         if not (self.config.progress and sys.stderr.isatty()):
             return contextlib.nullcontext(lambda n: None)
 

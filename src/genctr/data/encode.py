@@ -159,7 +159,7 @@ def _column(frame: pl.DataFrame, spec: FieldSpec, raw: RawDataset, rows: np.ndar
     name = spec.source_column
     if name not in frame.columns:
         visible = [c for c in frame.columns if not c.startswith("__")]
-        where = raw.describe_rows(rows[:1]).split(" line ")[0] if len(rows) else raw.schema.name
+        where = raw.file_of(int(rows[0])) if len(rows) else raw.schema.name
         raise DataError(f"{where}: column '{name}' (field '{spec.name}') not found; "
                         f"columns are {visible}")
     return frame[name]

@@ -31,6 +31,12 @@ class RawDataset:
     def split_frame(self, split: str) -> pl.DataFrame:
         return self.frame[self.splits[split]]
 
+    def file_of(self, row: int) -> str:
+        """The file a row came from, or the dataset's name when the source did not record it."""
+        if FILE_COLUMN in self.frame.columns and self.frame[FILE_COLUMN][row] is not None:
+            return str(self.frame[FILE_COLUMN][row])
+        return self.schema.name
+
     def describe_rows(self, rows: np.ndarray, limit: int = 5) -> str:
         """Name the first `limit` rows as 'file line N' when the source recorded it."""
         shown = [int(r) for r in rows[:limit]]
