@@ -81,9 +81,13 @@ def main() -> None:
     commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     for seed in args.seeds or experiment.seeds:
         for label in args.models:
-            if (experiment.name, label, seed) in done and (experiment.name, f"fuxictr:{label}", seed) in done:
+            ours_done = (experiment.name, label, seed) in done
+            if ours_done and (experiment.name, f"fuxictr:{label}", seed) in done:
                 print(f"skip {label} seed {seed}: recorded", flush=True)
                 continue
+            if ours_done:  # a pair must run back to back: never add a second genctr record
+                raise SystemExit(f"{results}: {label} seed {seed} has a genctr record without its "
+                                 "FuxiCTR pair; remove that record to run the pair")
             config = experiment.run_config(task, label, seed)
             run_dir = Path(config.output_dir) / config.run_name()
             with tempfile.TemporaryDirectory(dir=WORK) as cold_cache:
