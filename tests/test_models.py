@@ -96,3 +96,20 @@ def test_scaled_numeric_embedding_uses_the_value_and_a_missing_vector(learnable)
     missing = batch.tokens["price"] == OOV
     assert torch.allclose(vectors[~missing], expected[~missing])
     assert torch.allclose(vectors[missing], missing_vector.expand(int(missing.sum()), -1))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5])
+def test_dropout_keeps_one_minus_p_and_preserves_the_mean(p):
+    from genctr.nn.blocks import Dropout
+    torch.manual_seed(0)
+    dropout = Dropout(p)
+    x = torch.ones(1000, 1001)  # an odd element count: the last 64-bit draw is only partly used
+    y = dropout(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - (1 - p)) < 0.003
+    assert abs(y.mean().item() - 1.0) < 0.01
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 1 / (1 - p)])
+    per_column = (y != 0).float().mean(0)  # each of the four 16-bit lanes is uniform
+    assert per_column.min().item() > 1 - p - 0.07
+    dropout.eval()
+    assert torch.equal(dropout(x), x)

@@ -7,10 +7,11 @@ from torch import nn
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with the same distribution as nn.Dropout, about 3x faster on CPU.
+    """Inverted dropout with nn.Dropout's distribution (p rounded to 1/65536), ~2.5x faster on CPU.
 
-    PyTorch's CPU dropout draws with `bernoulli_`, which took a third of a DNN training step
-    here; comparing `rand_like` with p gives the same Bernoulli(1 - p) mask far faster.
+    PyTorch's CPU random generator is serial, so drawing one float per element (`bernoulli_`,
+    `rand_like`) took a third of a DNN training step here. One 64-bit draw gives four 16-bit
+    uniforms, compared with p; the keep mask is folded into the scale in the input's dtype.
     """
 
     def __init__(self, p: float) -> None:
@@ -18,12 +19,15 @@ class Dropout(nn.Module):
         if not 0 <= p < 1:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.threshold = -(2 ** 15) + round(p * 2 ** 16)  # int16 draws >= threshold are kept
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.rand_like(x) >= self.p
-        return x * keep * (1.0 / (1.0 - self.p))
+        draws = -(-x.numel() // 4)
+        bits = torch.empty(draws, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
+        keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
 
 
 class MLP(nn.Module):
