@@ -16,6 +16,7 @@ from genctr.data.sources import SOURCES, make_source
 from genctr.data.stats import split_stats, vocabulary_sizes
 from genctr.data.store import prepare
 from genctr.errors import ConfigError, GenctrError
+from genctr.schema import parse_model
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CTR prediction: backbones, generative pre-training, test-time inference.")
@@ -125,14 +126,49 @@ def train(config_file: Path, output: Optional[Path] = typer.Option(None, "--outp
 
 
 @app.command()
-def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "--split")) -> None:
-    """Evaluate a saved run on its dataset's splits (the data must be reachable)."""
+def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "--split"),
+             inference: str = typer.Option("plain", "--inference",
+                                           help="plain | temperature | matt | random | mcdropout | uttsi"),
+             budget: Optional[float] = typer.Option(None, "--budget", help="uttsi: average passes per instance"),
+             paths: Optional[int] = typer.Option(None, "--paths", help="matt/random/mcdropout: passes per instance"),
+             option: list[str] = typer.Option([], "--option", "-o",
+                                              help="inference option KEY=VALUE (repeatable; e.g. mix=0.5, "
+                                                   "confidence.quantile=0.9)"),
+             measure_latency: bool = typer.Option(False, "--latency", help="also time p50/p99 latency")) -> None:
+    """Evaluate a saved run on its dataset's splits, with plain or test-time inference."""
     from genctr.runs import evaluate_split, load_run
 
     run = load_run(run_dir)
     dataset = prepare(run.config.data.make_source(), run.config.data.cache_dir)
-    metrics = {s: evaluate_split(run.model, dataset.splits[s]) for s in split}
-    print_metrics(metrics, f"{run.config.model_name} from {run_dir}")
+    if inference == "plain" and budget is None and paths is None and not option:
+        metrics = {s: evaluate_split(run.model, dataset.splits[s]) for s in split}
+        print_metrics(metrics, f"{run.config.model_name} from {run_dir}")
+        return
+    from genctr.testtime.evaluate import evaluate_inference
+    from genctr.testtime.inference import InferenceOptions
+
+    chosen = nested_options(parse_options(option)) | {"strategy": inference}
+    chosen |= {k: v for k, v in (("budget", budget), ("paths", paths)) if v is not None}
+    options = parse_model(InferenceOptions, chosen, "--inference/--option")
+    result = evaluate_inference(run, dataset, options, tuple(split), measure_latency)
+    print_metrics({s: result[s] for s in split},
+                  f"{run.config.model_name} from {run_dir}, inference {result['inference']}")
+    console.print("average forward passes per instance: " + ", ".join(
+        f"{s} {result[s]['avg_cost']:.3f}" for s in split))
+    if "latency" in result:
+        console.print("latency (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in result["latency"].items()))
+
+
+def nested_options(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'confidence.quantile': 0.9} -> {'confidence': {'quantile': 0.9}}."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        target = nested
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return nested
 
 
 @app.command()

@@ -49,6 +49,9 @@ class TrainConfig(Strict):
     patience: int = Field(2, ge=1)
     lr_decay: float = Field(0.1, gt=0, le=1, description="LR factor after an epoch without gain")
     min_lr: float = Field(1e-6, ge=0)
+    field_dropout: float = Field(0.0, ge=0, lt=1, description="probability of replacing each "
+                                 "field by its neutral embedding in a training step, so that "
+                                 "test-time drops are familiar (then no longer training-free)")
     seed: int = 2024
     compile: bool = False
     bf16: bool = False
@@ -165,8 +168,10 @@ class Trainer:
         with self._progress(steps, epoch) as advance:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
+                drop = (torch.rand(len(batch), model.embedding.num_fields) < cfg.field_dropout
+                        if cfg.field_dropout else None)
                 with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16):
-                    logits = forward(batch)
+                    logits = forward(batch, drop)
                 loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
                 objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
                 if not torch.isfinite(objective):

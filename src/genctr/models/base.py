@@ -18,6 +18,8 @@ class ModelOptions(Strict):
 
     embedding_dim: int = Field(10, ge=1)
     numeric_embedding: Literal["bin", "scaled"] = "bin"
+    learned_neutral: bool = Field(False, description="a trainable neutral embedding per field "
+                                  "(trained by train.field_dropout) instead of the frequency mean")
 
 
 class CTRModel(nn.Module):
@@ -34,7 +36,8 @@ class CTRModel(nn.Module):
     def __init__(self, fields: list[FieldInfo], options: ModelOptions) -> None:
         super().__init__()
         self.options = options
-        self.embedding = FieldEmbedding(fields, options.embedding_dim, options.numeric_embedding)
+        self.embedding = FieldEmbedding(fields, options.embedding_dim, options.numeric_embedding,
+                                        options.learned_neutral)
 
     @property
     def flat_dim(self) -> int:
@@ -47,9 +50,9 @@ class CTRModel(nn.Module):
 class FirstOrder(nn.Module):
     """Σ_f w_f(x_f) + b: one scalar weight per token (the 'wide' / linear part)."""
 
-    def __init__(self, fields: list[FieldInfo], numeric: Literal["bin", "scaled"]) -> None:
+    def __init__(self, fields: list[FieldInfo], options: ModelOptions) -> None:
         super().__init__()
-        self.weights = FieldEmbedding(fields, 1, numeric)
+        self.weights = FieldEmbedding(fields, 1, options.numeric_embedding, options.learned_neutral)
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:

@@ -11,7 +11,7 @@ class DeepFM(DNN):
 
     def __init__(self, fields, options: DNNOptions):
         super().__init__(fields, options)
-        self.linear = FirstOrder(fields, options.numeric_embedding)
+        self.linear = FirstOrder(fields, options)
 
     def forward(self, batch, drop=None):
         fields = self.embedding(batch, drop)

@@ -9,7 +9,7 @@ class FM(CTRModel):
 
     def __init__(self, fields, options):
         super().__init__(fields, options)
-        self.linear = FirstOrder(fields, options.numeric_embedding)
+        self.linear = FirstOrder(fields, options)
 
     def forward(self, batch, drop=None):
         return self.linear(batch, drop) + fm_interaction(self.embedding(batch, drop))

@@ -9,7 +9,7 @@ class LR(CTRModel):
     def __init__(self, fields, options):
         super().__init__(fields, options)
         del self.embedding  # a linear model has no vector embeddings
-        self.linear = FirstOrder(fields, options.numeric_embedding)
+        self.linear = FirstOrder(fields, options)
 
     def forward(self, batch, drop=None):
         return self.linear(batch, drop)

@@ -10,7 +10,7 @@ class WideDeep(DNN):
 
     def __init__(self, fields, options: DNNOptions):
         super().__init__(fields, options)
-        self.linear = FirstOrder(fields, options.numeric_embedding)
+        self.linear = FirstOrder(fields, options)
 
     def forward(self, batch, drop=None):
         return super().forward(batch, drop) + self.linear(batch, drop)

@@ -17,7 +17,12 @@ from torch import nn
 
 from genctr.data.batches import Batch
 from genctr.data.encode import FeatureEncoder
+from genctr.errors import ConfigError
 from genctr.schema import OOV, FieldKind
+
+NeutralMode = Literal["mean", "zero", "learned"]
+NO_LEARNED_NEUTRAL = ("neutral: learned needs a model trained with the model option "
+                      "learned_neutral: true (and train.field_dropout > 0)")
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,14 @@ class FieldEmbedding(nn.Module):
     """
 
     def __init__(self, fields: list[FieldInfo], dim: int,
-                 numeric: Literal["bin", "scaled"] = "bin") -> None:
+                 numeric: Literal["bin", "scaled"] = "bin", learned_neutral: bool = False) -> None:
         super().__init__()
         self.fields = fields
         self.dim = dim
         self.numeric = numeric
+        # learned: one trainable vector per field, trained through the Trainer's field_dropout
+        self.learned_neutral = nn.Parameter(torch.zeros(len(fields), dim)) if learned_neutral else None
+        self.neutral_mode: NeutralMode = "learned" if learned_neutral else "mean"
         self.tables = nn.ModuleDict()
         frequencies = {}
         for f in fields:
@@ -95,8 +103,15 @@ class FieldEmbedding(nn.Module):
         return self.tables[info.table](tokens), tokens != 0
 
     def neutral(self) -> torch.Tensor:
-        """[F, D]: each field's training-frequency-weighted mean embedding (for a `scaled`
-        numeric field: its missing-value vector, the embedding of 'value unknown')."""
+        """[F, D]: what a dropped field receives, by `neutral_mode`: "mean" (default), each
+        field's training-frequency-weighted mean embedding (for a `scaled` numeric field: its
+        missing-value vector, the embedding of 'value unknown'); "zero"; or "learned"."""
+        if self.neutral_mode == "zero":
+            return torch.zeros(len(self.fields), self.dim, device=self.tables_device())
+        if self.neutral_mode == "learned":
+            if self.learned_neutral is None:
+                raise ConfigError(NO_LEARNED_NEUTRAL)
+            return self.learned_neutral
         rows = []
         for f in self.fields:
             if f.name in self.scaled:
@@ -104,6 +119,9 @@ class FieldEmbedding(nn.Module):
             else:
                 rows.append(getattr(self, f"frequency_{f.table}") @ self.tables[f.table].weight)
         return torch.stack(rows)
+
+    def tables_device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
         """[B, F, D]; fields where `drop` [B, F] is True get their neutral embedding."""
@@ -125,3 +143,12 @@ class FieldEmbedding(nn.Module):
         if drop is not None:
             out = torch.where(drop.unsqueeze(-1), self.neutral().unsqueeze(0).to(out.dtype), out)
         return out
+
+
+def set_neutral_mode(model: nn.Module, mode: NeutralMode) -> None:
+    """Choose what every FieldEmbedding of a model substitutes for a dropped field."""
+    for module in model.modules():
+        if isinstance(module, FieldEmbedding):
+            if mode == "learned" and module.learned_neutral is None:
+                raise ConfigError(NO_LEARNED_NEUTRAL)
+            module.neutral_mode = mode

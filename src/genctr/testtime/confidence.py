@@ -1,0 +1,72 @@
+"""Confidence in [0, 1] of each feature and feature combination, from training frequencies.
+
+Default: c = min(1, log(1 + n) / log(1 + n_ref)), with n the estimated training count and
+n_ref the median count of a training occurrence of that order (half of what the model saw at
+that order was at least this frequent). A value never seen in training has confidence 0; one
+at least as common as the reference has 1. The reference can be another quantile or an
+absolute count, and the scale linear instead of logarithmic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from genctr.schema import Strict
+from genctr.testtime.index import QUANTILES, FrequencyIndex, Tokens
+
+
+class ConfidenceOptions(Strict):
+    reference: Literal["quantile", "count"] = "quantile"
+    quantile: float = Field(0.5, ge=0, le=1, description="of training occurrences, per order")
+    count: float = Field(100.0, gt=0, description="reference count when reference is 'count'")
+    scale: Literal["log", "linear"] = "log"
+    orders: list[int] = Field(default_factory=lambda: [1, 2],
+                              description="orders whose combinations form the frequency prior")
+
+
+@dataclass
+class Confidence:
+    """Per row: `fields` [N, F] over all model fields (1 where a field is not indexed), and per
+    order the combinations' confidences [N, C]; `prior` [N] is the instance's frequency prior
+    (the mean over the chosen orders of each order's mean confidence)."""
+
+    fields: np.ndarray
+    orders: dict[int, np.ndarray]
+    prior: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "Confidence":
+        return Confidence(self.fields[rows], {o: c[rows] for o, c in self.orders.items()},
+                          self.prior[rows])
+
+
+def reference_count(index: FrequencyIndex, order: int, options: ConfidenceOptions) -> float:
+    if options.reference == "count":
+        return options.count
+    quantiles = index.reference_quantiles[order]
+    return float(np.interp(options.quantile, QUANTILES, quantiles))
+
+
+def to_confidence(counts: np.ndarray, reference: float, scale: str) -> np.ndarray:
+    if reference <= 0:
+        return np.ones_like(counts, dtype=np.float32)
+    if scale == "log":
+        value = np.log1p(counts) / np.log1p(reference)
+    else:
+        value = counts / reference
+    return np.minimum(value, 1.0).astype(np.float32)
+
+
+def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions) -> Confidence:
+    frequencies = index.frequencies(tokens)
+    per_order = {order: to_confidence(counts, reference_count(index, order, options), options.scale)
+                 for order, counts in frequencies.items()}
+    rows = len(next(iter(tokens.values())))
+    fields = np.ones((rows, len(index.all_fields)), dtype=np.float32)
+    fields[:, index.field_positions()] = per_order[1]
+    used = [per_order[o].mean(axis=1) for o in options.orders if o in per_order]
+    prior = np.mean(used, axis=0) if used else np.ones(rows, dtype=np.float32)
+    return Confidence(fields, per_order, prior.astype(np.float32))

@@ -1,0 +1,115 @@
+"""Run an inference strategy over a split of a saved run: metrics, average cost, latency."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import numpy as np
+
+from genctr.data.batches import batch_of
+from genctr.data.encoded import EncodedSplit
+from genctr.data.store import EncodedDataset
+from genctr.metrics import evaluate_predictions
+from genctr.models.base import CTRModel
+from genctr.nn.embedding import field_infos, set_neutral_mode
+from genctr.runs import Run
+from genctr.testtime.index import INDEX_FILE, FrequencyIndex, IndexOptions
+from genctr.testtime.inference import (MATT, Inference, InferenceOptions, MCDropout, RandomPaths,
+                                       Temperature)
+from genctr.testtime.uttsi import UTTSI
+
+STRATEGIES: dict[str, type[Inference]] = {
+    "plain": Inference, "temperature": Temperature, "matt": MATT, "random": RandomPaths,
+    "mcdropout": MCDropout, "uttsi": UTTSI}
+FORWARD_ROWS = 65536  # rows per forward pass, all paths together
+
+
+def run_index(run: Run, dataset: EncodedDataset, options: IndexOptions) -> FrequencyIndex:
+    """The run's FrequencyIndex: loaded from the run folder, or built on train and saved there
+    (a separate file per index configuration)."""
+    fields = field_infos(run.encoder)
+    default = options == IndexOptions()
+    digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:10]
+    path = run.folder / (INDEX_FILE if default else f"frequency_index-{digest}.npz")
+    if path.is_file():
+        index = FrequencyIndex.load(path, fields)
+        if index.options == options:
+            return index
+    index = FrequencyIndex.build(dataset.splits["train"], fields, options)
+    index.save(path)
+    return index
+
+
+def make_inference(options: InferenceOptions, bf16: bool = False,
+                   index: FrequencyIndex | None = None) -> Inference:
+    return STRATEGIES[options.strategy](options, bf16, index)
+
+
+def predict_with(strategy: Inference, model: CTRModel, split: EncodedSplit
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities [N], cost [N]) of every row, in batches sized so that one forward over
+    all of a batch's paths holds about FORWARD_ROWS rows."""
+    model.eval()
+    step = max(1, FORWARD_ROWS // strategy.passes_per_batch())
+    probs, costs = [], []
+    for start in range(0, len(split), step):
+        batch = batch_of(split, slice(start, min(start + step, len(split))))
+        prob, cost = strategy.predict(model, batch)
+        probs.append(prob)
+        costs.append(cost)
+    return np.concatenate(probs), np.concatenate(costs)
+
+
+def latency(strategy: Inference, model: CTRModel, split: EncodedSplit, requests: int = 200,
+            batch_rows: int = 4096, batches: int = 5, seed: int = 0) -> dict[str, float]:
+    """Wall-clock milliseconds, p50 and p99: one row per request, and batches of 4096 rows
+    (everything a request needs: confidence lookup, paths, aggregation)."""
+    rng = np.random.default_rng(seed)
+    single = []
+    for row in rng.integers(0, len(split), requests):
+        batch = batch_of(split, np.array([row]))
+        started = time.perf_counter()
+        strategy.predict(model, batch)
+        single.append((time.perf_counter() - started) * 1e3)
+    batched = []
+    for _ in range(batches):
+        start = int(rng.integers(0, max(len(split) - batch_rows, 1)))
+        batch = batch_of(split, slice(start, start + batch_rows))
+        started = time.perf_counter()
+        strategy.predict(model, batch)
+        batched.append((time.perf_counter() - started) * 1e3)
+    return {"single_p50_ms": float(np.percentile(single, 50)),
+            "single_p99_ms": float(np.percentile(single, 99)),
+            f"batch{batch_rows}_p50_ms": float(np.percentile(batched, 50)),
+            f"batch{batch_rows}_p99_ms": float(np.percentile(batched, 99))}
+
+
+def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOptions,
+                       splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True
+                       ) -> dict[str, Any]:
+    """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency)."""
+    set_neutral_mode(run.model, options.neutral)
+    index = run_index(run, dataset, options.index) if STRATEGIES[options.strategy].uses_index else None
+    strategy = make_inference(options, run.config.train.bf16, index)
+    started = time.perf_counter()
+    strategy.fit(run.model, dataset.splits["valid"])
+    result: dict[str, Any] = {"inference": options.label(), "fit_seconds": time.perf_counter() - started}
+    for name in splits:
+        split = dataset.splits[name]
+        started = time.perf_counter()
+        prob, cost = predict_with(strategy, run.model, split)
+        result[name] = evaluate_predictions(split.label, prob, split.group, split.segments)
+        result[name] |= {"avg_cost": float(cost.mean()), "max_cost": float(cost.max()),
+                         "seconds": time.perf_counter() - started}
+    if isinstance(strategy, UTTSI):
+        result["uttsi"] = {"threshold": strategy.threshold, "valid_cost": strategy.valid_cost}
+    if isinstance(strategy, Temperature):
+        result["temperature"] = strategy.temperature
+    if index is not None:
+        result["index"] = {"bytes": index.nbytes, "build_seconds": index.build_seconds}
+    if measure_latency:
+        result["latency"] = latency(strategy, run.model, dataset.splits["test"])
+    set_neutral_mode(run.model, "learned" if run.model.embedding.learned_neutral is not None else "mean")
+    return result

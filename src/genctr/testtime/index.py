@@ -1,0 +1,220 @@
+"""FrequencyIndex: how often each feature (order 1), field pair (order 2) and chosen triple
+(order 3) occurred in training, estimated in one streaming pass with bounded memory.
+
+A field's "value" is its token (the quantile-bin token for numerics); a multi field's value is
+its set of tokens (e.g. the genre combination). Sequence fields are not indexed by default:
+a whole behaviour sequence is almost always unique, so its count says nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import combinations
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from genctr.data.batches import Batch
+from genctr.data.encoded import EncodedSplit
+from genctr.errors import ConfigError
+from genctr.nn.embedding import FieldInfo
+from genctr.schema import FieldKind, Strict
+from genctr.testtime.sketch import FrequencyCounter, combine
+
+INDEX_FILE = "frequency_index.npz"
+QUANTILES = np.linspace(0, 1, 101)
+
+
+class IndexOptions(Strict):
+    """What is counted and how much memory the counters may take."""
+
+    fields: list[str] | None = Field(None, description="indexed fields; default: all but sequences")
+    order3: list[list[str]] | Literal["all"] = Field(
+        default_factory=list, description="field triples counted at order 3 ('all': every one)")
+    heavy_hitters: int = Field(100_000, ge=1, description="exactly counted keys per order")
+    depth: int = Field(4, ge=1, le=16, description="count-min rows")
+    width: int = Field(2 ** 18, ge=2, description="count-min columns (a power of two)")
+    chunk_rows: int = Field(131_072, ge=1)
+    sample_rows: int = Field(50_000, ge=1, description="training rows whose counts give the quantiles")
+    seed: int = 0
+
+
+Tokens = dict[str, np.ndarray]  # field -> int [N] or [N, L]: an EncodedSplit's or a Batch's
+
+
+def tokens_of(source: EncodedSplit | Batch, rows: slice | np.ndarray | None = None,
+              fields: list[str] | None = None) -> Tokens:
+    """Token columns (all, or the named fields) of a split's rows or of a batch, as numpy."""
+    names = fields if fields is not None else list(source.tokens)
+    if isinstance(source, Batch):
+        return {k: source.tokens[k].numpy() for k in names}
+    rows = slice(0, len(source)) if rows is None else rows
+    return {k: np.asarray(source.tokens[k][rows]) for k in names}
+
+
+def field_value_column(tokens: np.ndarray) -> np.ndarray:
+    """int64-like [N]: a field's value; a multi field's token set [N, L] hashed order-free."""
+    if tokens.ndim == 1:
+        return tokens
+    ordered = np.sort(tokens, axis=1)  # a set: the same tokens in any order give one value
+    return combine(-1, [ordered[:, i] for i in range(ordered.shape[1])]).view(np.int64)
+
+
+class FrequencyIndex:
+    """Counters per order; `frequencies(tokens)` gives each row's estimated counts."""
+
+    def __init__(self, fields: list[FieldInfo], options: IndexOptions) -> None:
+        self.options = options
+        by_name = {f.name: f for f in fields}
+        names = options.fields if options.fields is not None else [
+            f.name for f in fields if f.kind is not FieldKind.sequence]
+        for name in names:
+            if name not in by_name:
+                raise ConfigError(f"index.fields: unknown field '{name}' (fields: {', '.join(by_name)})")
+        self.fields = [by_name[n] for n in names]
+        self.names = list(names)
+        self.all_fields = [f.name for f in fields]
+        triples = (list(combinations(names, 3)) if options.order3 == "all"
+                   else [tuple(t) for t in options.order3])
+        for triple in triples:
+            if len(triple) != 3 or any(n not in names for n in triple):
+                raise ConfigError(f"index.order3: {list(triple)} is not three indexed fields ({names})")
+        self.combos: dict[int, list[tuple[str, ...]]] = {
+            1: [(n,) for n in names], 2: list(combinations(names, 2)), 3: triples}
+        self.counters = {order: FrequencyCounter(options.depth, options.width, options.heavy_hitters,
+                                                 options.seed + order)
+                         for order, combos in self.combos.items() if combos}
+        self.rows = 0
+        self.sample_keys: dict[int, np.ndarray] = {}  # order -> uint64 [S, C] of sampled rows
+        self.sample_weights = np.zeros(0)  # training rows each sampled row stands for
+        self.reference_quantiles: dict[int, np.ndarray] = {}
+        self.build_seconds = 0.0
+
+    # ------------------------------------------------------------------ building
+    def _keys(self, tokens: Tokens) -> dict[int, np.ndarray]:
+        """order -> uint64 [N, C] keys of every combination of that order."""
+        values = {f.name: field_value_column(tokens[f.name]) for f in self.fields}
+        keys = {}
+        for order, combos in self.combos.items():
+            if combos:
+                keys[order] = np.stack([combine(self._combo_id(order, i), [values[n] for n in c])
+                                        for i, c in enumerate(combos)], axis=1)
+        return keys
+
+    @staticmethod
+    def _combo_id(order: int, i: int) -> int:
+        return order * 1_000_000 + i
+
+    @classmethod
+    def build(cls, train: EncodedSplit, fields: list[FieldInfo],
+              options: IndexOptions | None = None) -> "FrequencyIndex":
+        """Count every row of a training split (or shard) in chunks of `chunk_rows`."""
+        index = cls(fields, options or IndexOptions())
+        started = time.perf_counter()
+        step = index.options.chunk_rows
+        for start in range(0, len(train), step):
+            rows = slice(start, min(start + step, len(train)))
+            for order, keys in index._keys(tokens_of(train, rows, index.names)).items():
+                index.counters[order].add(keys.ravel())
+        index.rows = len(train)
+        rng = np.random.default_rng(index.options.seed)
+        sample = np.sort(rng.choice(len(train), min(len(train), index.options.sample_rows),
+                                    replace=False))
+        index.sample_keys = index._keys(tokens_of(train, sample, index.names))
+        index.sample_weights = np.full(len(sample), len(train) / max(len(sample), 1))
+        index._fit_reference()
+        index.build_seconds = time.perf_counter() - started
+        return index
+
+    def _fit_reference(self) -> None:
+        """Per order, quantiles of the estimated count of a random training occurrence."""
+        for order, keys in self.sample_keys.items():
+            _, estimate, _ = self.count(order, keys.ravel())
+            weights = np.repeat(self.sample_weights, keys.shape[1])
+            self.reference_quantiles[order] = np.quantile(
+                estimate.astype(np.float64), QUANTILES, weights=weights, method="inverted_cdf")
+
+    def merge(self, other: "FrequencyIndex") -> "FrequencyIndex":
+        """Add another shard's index (same fields and options): counters sum, and the
+        occurrence quantiles are re-estimated on both shards' samples."""
+        if other.combos != self.combos or other.options != self.options:
+            raise ConfigError("only indexes with the same fields and options merge")
+        for order, counter in self.counters.items():
+            counter.merge(other.counters[order])
+        self.rows += other.rows
+        self.sample_keys = {order: np.concatenate([keys, other.sample_keys[order]])
+                            for order, keys in self.sample_keys.items()}
+        self.sample_weights = np.concatenate([self.sample_weights, other.sample_weights])
+        self._fit_reference()
+        self.build_seconds += other.build_seconds
+        return self
+
+    # ------------------------------------------------------------------ queries
+    def count(self, order: int, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(lower, estimate, upper) counts of uint64 keys of the given order."""
+        return self.counters[order].bounds(keys)
+
+    def frequencies(self, tokens: Tokens) -> dict[int, np.ndarray]:
+        """order -> float64 [N, C]: estimated training count of each row's combinations
+        (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3)."""
+        out = {}
+        for order, keys in self._keys(tokens).items():
+            _, estimate, _ = self.count(order, keys.ravel())
+            out[order] = estimate.reshape(keys.shape).astype(np.float64)
+        return out
+
+    def field_positions(self) -> np.ndarray:
+        """int [C1]: the position of each indexed field among all the model's fields."""
+        return np.array([self.all_fields.index(f.name) for f in self.fields])
+
+    def pair_members(self, order: int) -> np.ndarray:
+        """int [C, order]: positions (among indexed fields) of each combination's members."""
+        names = [f.name for f in self.fields]
+        combos = self.combos[order]
+        return np.array([[names.index(n) for n in c] for c in combos], dtype=np.int64).reshape(
+            len(combos), order)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self.counters.values())
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> None:
+        arrays = {"meta": np.frombuffer(json.dumps({
+            "options": self.options.model_dump(), "fields": [f.name for f in self.fields],
+            "all_fields": self.all_fields, "rows": self.rows,
+            "build_seconds": self.build_seconds}).encode(), dtype=np.uint8)}
+        for order, counter in self.counters.items():
+            arrays[f"o{order}_table"] = counter.sketch.table
+            arrays[f"o{order}_total"] = np.array([counter.sketch.total])
+            for name in ("keys", "counts", "prior_lower", "prior_upper"):
+                arrays[f"o{order}_{name}"] = getattr(counter.heavy, name)
+            arrays[f"o{order}_evicted"] = np.array([counter.heavy.evicted])
+            arrays[f"o{order}_reference"] = self.reference_quantiles[order]
+            arrays[f"o{order}_sample"] = self.sample_keys[order]
+        arrays["sample_weights"] = self.sample_weights
+        tmp = Path(path).with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, fields: list[FieldInfo]) -> "FrequencyIndex":
+        data = np.load(path)
+        meta = json.loads(bytes(data["meta"]).decode())
+        index = cls(fields, IndexOptions.model_validate(meta["options"]))
+        index.rows, index.build_seconds = meta["rows"], meta["build_seconds"]
+        for order, counter in index.counters.items():
+            counter.sketch.table = data[f"o{order}_table"].copy()
+            counter.sketch.total = int(data[f"o{order}_total"][0])
+            for name in ("keys", "counts", "prior_lower", "prior_upper"):
+                setattr(counter.heavy, name, data[f"o{order}_{name}"].copy())
+            counter.heavy.evicted = bool(data[f"o{order}_evicted"][0])
+            index.reference_quantiles[order] = data[f"o{order}_reference"].copy()
+            index.sample_keys[order] = data[f"o{order}_sample"].copy()
+        index.sample_weights = data["sample_weights"].copy()
+        return index
+
+

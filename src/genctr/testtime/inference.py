@@ -1,0 +1,208 @@
+"""Inference strategies: `predict(model, batch) -> (probabilities [B], cost [B])`.
+
+cost counts forward passes per instance relative to plain inference (plain = 1). A strategy
+is fitted once on the validation split where it has something to fit (a temperature, UTTSI's
+trigger threshold for a cost budget), then composes with any CTRModel through `drop`.
+
+    plain          one pass
+    temperature    one pass, logit / T with T fitted on valid (a calibration control)
+    matt           M confidence-sampled paths (the plain path is one of them), aggregated
+    random         M paths with random field drops (equal-cost ensemble control)
+    mcdropout      M passes with dropout on (equal-cost ensemble control)
+    uttsi          filtered pass for all; K stochastic paths for the uncertain, within a budget
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.optimize import minimize_scalar
+
+from genctr.data.batches import Batch
+from genctr.data.encoded import EncodedSplit
+from genctr.errors import ConfigError
+from genctr.metrics import logloss
+from genctr.models.base import CTRModel
+from genctr.nn.blocks import Dropout
+from genctr.nn.embedding import NeutralMode
+from genctr.schema import Strict
+from genctr.testtime.confidence import Confidence, ConfidenceOptions, confidence
+from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
+from genctr.testtime.paths import (forward_paths, path_weights, sample_confidence_paths,
+                                   sample_random_paths, tile_batch)
+
+Strategy = Literal["plain", "temperature", "matt", "random", "mcdropout", "uttsi"]
+
+
+class InferenceOptions(Strict):
+    """One inference strategy and its options (config key `inference`)."""
+
+    strategy: Strategy = "plain"
+    paths: int = Field(8, ge=1, description="matt/random/mcdropout: passes per instance, the plain one included")
+    aggregate: Literal["confidence", "uniform"] = Field(
+        "confidence", description="matt: weight each path by its confidence, or not")
+    mix: float = Field(1.0, ge=0, le=1, description="weight of the path aggregate against the "
+                       "plain (uttsi: filtered) prediction")
+    neutral: NeutralMode = Field("mean", description="what a dropped field receives")
+    random_drop: float = Field(0.1, ge=0, lt=1, description="random: per-field drop probability")
+    budget: float = Field(2.8, ge=1, description="uttsi: average passes per instance on valid")
+    max_paths: int = Field(8, ge=1, description="uttsi: most extra paths one instance gets")
+    filter_threshold: float = Field(0.1, ge=0, le=1, description="uttsi: drop features with a "
+                                    "confidence below this, for every instance")
+    trigger: Literal["uncertainty", "random"] = Field(
+        "uncertainty", description="uttsi: explore the uncertain, or random instances at the same rate")
+    consistency_temperature: float = Field(0.05, gt=0, description="uttsi: weight of a path = "
+                                           "exp(-|p - median p| / this)")
+    seed: int = 0
+    index: IndexOptions = Field(default_factory=IndexOptions)
+    confidence: ConfidenceOptions = Field(default_factory=ConfidenceOptions)
+
+    def label(self) -> str:
+        """The record's `inference` value: plain, plain+T, matt@8, uttsi@2.0, uttsi-random@2.0 ..."""
+        if self.strategy == "plain":
+            return "plain"
+        if self.strategy == "temperature":
+            return "plain+T"
+        if self.strategy == "uttsi":
+            return f"uttsi{'-random' if self.trigger == 'random' else ''}@{self.budget:g}"
+        return f"{self.strategy}@{self.paths}"
+
+
+class Inference:
+    """Plain inference; the base of every strategy."""
+
+    uses_index = False
+
+    def __init__(self, options: InferenceOptions, bf16: bool = False,
+                 index: FrequencyIndex | None = None) -> None:
+        self.options = options
+        self.bf16 = bf16
+        self.index = index
+        self.generator = torch.Generator().manual_seed(options.seed)
+        if self.uses_index and index is None:
+            raise ConfigError(f"inference strategy '{options.strategy}' needs a FrequencyIndex")
+
+    def fit(self, model: CTRModel, valid: EncodedSplit) -> None:
+        """Learn what the strategy needs from the validation split (nothing, for most)."""
+
+    def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
+        model.eval()
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+            return model(batch, drop).float()
+
+    def confidence(self, batch: Batch) -> Confidence:
+        return confidence(self.index, tokens_of(batch, fields=self.index.names), self.options.confidence)
+
+    def predict(self, model: CTRModel, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        prob = torch.sigmoid(self.logits(model, batch)).numpy()
+        return prob, np.ones(len(batch))
+
+    def passes_per_batch(self) -> int:
+        """How many times a batch's rows the largest forward holds (to size batches)."""
+        return 1
+
+
+class Temperature(Inference):
+    """Plain logits divided by a temperature fitted on valid: calibration without extra passes."""
+
+    def fit(self, model: CTRModel, valid: EncodedSplit) -> None:
+        from genctr.train import predict_split
+        prob = np.clip(predict_split(model, valid, bf16=self.bf16), 1e-7, 1 - 1e-7)
+        z = np.log(prob / (1 - prob))
+        found = minimize_scalar(lambda log_t: logloss(valid.label, 1 / (1 + np.exp(-z / np.exp(log_t)))),
+                                bounds=(-3, 3), method="bounded")
+        self.temperature = float(np.exp(found.x))
+
+    def predict(self, model, batch):
+        prob = torch.sigmoid(self.logits(model, batch) / self.temperature).numpy()
+        return prob, np.ones(len(batch))
+
+
+class PathEnsemble(Inference):
+    """M passes with drop masks from `sample`; path 0 is the plain pass."""
+
+    def passes_per_batch(self) -> int:
+        return self.options.paths
+
+    def sample(self, batch: Batch, model: CTRModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """drop [M-1, B, F] for the extra paths, and their weights [M-1, B] (None = uniform)."""
+        raise NotImplementedError
+
+    def predict(self, model, batch):
+        model.eval()
+        rows, fields = len(batch), model.embedding.num_fields
+        plain = torch.zeros(1, rows, fields, dtype=torch.bool)
+        if self.options.paths == 1:
+            extra, weights = plain[:0], None
+        else:
+            extra, weights = self.sample(batch, model)
+        drops = torch.cat([plain, extra])
+        prob = torch.sigmoid(forward_paths(model, batch, drops, self.bf16))  # [M, B]
+        if weights is None:
+            weights = torch.ones_like(prob)
+        else:
+            weights = torch.cat([self.plain_weight(batch, weights), weights])
+        aggregate = (weights * prob).sum(0) / weights.sum(0)
+        mixed = self.options.mix * aggregate + (1 - self.options.mix) * prob[0]
+        return mixed.numpy(), np.full(rows, float(self.options.paths))
+
+    def plain_weight(self, batch: Batch, weights: torch.Tensor) -> torch.Tensor:
+        return torch.ones(1, weights.shape[1])
+
+
+class MATT(PathEnsemble):
+    """Confidence-guided paths (MATT): drop rare features and members of rare combinations."""
+
+    uses_index = True
+
+    def sample(self, batch, model):
+        conf = self.confidence(batch)
+        drops = sample_confidence_paths(conf, self.index, self.options.paths - 1, self.generator)
+        self._plain_weight = path_weights(conf, torch.zeros_like(drops[:1]))
+        if self.options.aggregate == "uniform":
+            return drops, None
+        return drops, path_weights(conf, drops)
+
+    def plain_weight(self, batch, weights):
+        return self._plain_weight
+
+
+class RandomPaths(PathEnsemble):
+    """Control: the same number of passes, indexed fields dropped at random."""
+
+    uses_index = True
+
+    def sample(self, batch, model):
+        droppable = torch.zeros(model.embedding.num_fields, dtype=torch.bool)
+        droppable[torch.from_numpy(self.index.field_positions())] = True
+        drops = sample_random_paths(len(batch), model.embedding.num_fields, self.options.paths - 1,
+                                    self.options.random_drop, droppable, self.generator)
+        return drops, None
+
+
+class MCDropout(Inference):
+    """Control: the plain pass plus M-1 passes with the model's dropout layers on."""
+
+    def passes_per_batch(self) -> int:
+        return self.options.paths
+
+    def predict(self, model, batch):
+        plain = torch.sigmoid(self.logits(model, batch))
+        dropouts = [m for m in model.modules() if isinstance(m, (Dropout, torch.nn.Dropout))]
+        if not dropouts:
+            raise ConfigError("inference mcdropout: this model has no dropout layer")
+        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=self.generator)))
+        try:
+            for layer in dropouts:
+                layer.train()
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+                logits = model(tile_batch(batch, self.options.paths - 1)).float()
+        finally:
+            model.eval()
+        sampled = torch.sigmoid(logits.view(self.options.paths - 1, len(batch)))
+        prob = torch.cat([plain.unsqueeze(0), sampled]).mean(0)
+        mixed = self.options.mix * prob + (1 - self.options.mix) * plain
+        return mixed.numpy(), np.full(len(batch), float(self.options.paths))

@@ -1,0 +1,84 @@
+"""Inference paths: which fields each of M passes over an instance drops, and running them.
+
+A path is a bool drop mask [B, F] (True = the field gets its neutral embedding). All paths of
+a batch run in one forward over the batch tiled M times.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genctr.data.batches import Batch
+from genctr.models.base import CTRModel
+from genctr.testtime.confidence import Confidence
+from genctr.testtime.index import FrequencyIndex
+
+
+def tile_batch(batch: Batch, times: int) -> Batch:
+    """The batch repeated `times` times along rows, path-major: rows [k*B, (k+1)*B) = copy k."""
+    def tile(t: torch.Tensor) -> torch.Tensor:
+        return t.repeat(times, *([1] * (t.dim() - 1)))
+    return Batch({k: tile(v) for k, v in batch.tokens.items()},
+                 {k: tile(v) for k, v in batch.values.items()}, tile(batch.label),
+                 None if batch.group is None else tile(batch.group))
+
+
+def rows_of(batch: Batch, rows: torch.Tensor) -> Batch:
+    """The given rows (int64 [R], repeats allowed) of a batch."""
+    return Batch({k: v[rows] for k, v in batch.tokens.items()},
+                 {k: v[rows] for k, v in batch.values.items()}, batch.label[rows],
+                 None if batch.group is None else batch.group[rows])
+
+
+def forward_paths(model: CTRModel, batch: Batch, drops: torch.Tensor, bf16: bool = False) -> torch.Tensor:
+    """logits [M, B] of the M paths `drops` [M, B, F], in one forward pass."""
+    paths, rows, fields = drops.shape
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        logits = model(tile_batch(batch, paths), drops.reshape(paths * rows, fields))
+    return logits.float().view(paths, rows)
+
+
+def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
+                            generator: torch.Generator, base_drop: torch.Tensor | None = None
+                            ) -> torch.Tensor:
+    """drop [paths, B, F]: MATT's sampling, walking the orders from low to high.
+
+    Order 1: keep each field with probability its confidence. Order 2 and 3: where every member
+    of a combination is still kept, with probability 1 - the combination's confidence drop its
+    least confident member. Fields in `base_drop` [B, F] are dropped on every path.
+    """
+    fields = torch.from_numpy(conf.fields)
+    rows, num_fields = fields.shape
+    keep = torch.rand(paths, rows, num_fields, generator=generator) < fields
+    if base_drop is not None:
+        keep &= ~base_drop
+    positions = torch.from_numpy(index.field_positions())
+    instance = torch.arange(rows)
+    for order in (2, 3):
+        if order not in conf.orders:
+            continue
+        members = positions[torch.from_numpy(index.pair_members(order))]  # [C, order] model fields
+        weakest = members[torch.arange(len(members)), fields[:, members].argmin(dim=-1)]  # [B, C]
+        combo_conf = torch.from_numpy(conf.orders[order])  # [B, C]
+        draws = torch.rand(paths, rows, len(members), generator=generator)
+        for c, combo in enumerate(members.tolist()):
+            drop_one = draws[:, :, c] >= combo_conf[:, c]  # [paths, B]
+            for field in combo:
+                drop_one &= keep[:, :, field]
+            victim = weakest[:, c]
+            keep[:, instance, victim] &= ~drop_one
+    return ~keep
+
+
+def sample_random_paths(rows: int, num_fields: int, paths: int, rate: float,
+                        droppable: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """drop [paths, B, F]: each droppable field ([F] bool) dropped independently with `rate`."""
+    drop = torch.rand(paths, rows, num_fields, generator=generator) < rate
+    return drop & droppable
+
+
+def path_weights(conf: Confidence, drops: torch.Tensor) -> torch.Tensor:
+    """[M, B]: a path's confidence, the mean confidence of the features it keeps."""
+    fields = torch.from_numpy(conf.fields).unsqueeze(0)  # [1, B, F]
+    kept = (~drops).float()
+    return (fields * kept).sum(-1) / kept.sum(-1).clamp(min=1.0)

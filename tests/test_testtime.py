@@ -1,0 +1,236 @@
+"""FrequencyIndex bounds and merging, MATT and UTTSI semantics, neutral embeddings, the CLI."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from genctr.cli import app
+from genctr.config import DataConfig, RunConfig
+from genctr.data.batches import batch_of
+from genctr.errors import ConfigError
+from genctr.models import build_model
+from genctr.nn.embedding import field_infos, set_neutral_mode
+from genctr.runs import load_run, train_run
+from genctr.testtime.confidence import Confidence
+from genctr.testtime.evaluate import evaluate_inference, make_inference, predict_with, run_index
+from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
+from genctr.testtime.inference import InferenceOptions
+from genctr.testtime.paths import sample_confidence_paths
+from genctr.testtime.sketch import FrequencyCounter
+from genctr.testtime.uttsi import extra_paths, fit_threshold
+
+
+def zipf_stream(n: int, distinct: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ranks = np.minimum(rng.zipf(1.3, n), distinct)
+    return (ranks * 7919 + 13).astype(np.uint64)  # arbitrary, distinct keys
+
+
+def true_counts(stream: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keys, counts = np.unique(stream, return_counts=True)
+    return keys, counts
+
+
+@pytest.mark.parametrize("width", [2 ** 8, 2 ** 12])
+def test_sketch_never_undercounts_and_its_lower_bound_holds(width):
+    stream = zipf_stream(200_000, 50_000, seed=1)
+    keys, counts = true_counts(stream)
+    counter = FrequencyCounter(depth=5, width=width, heavy_hitters=100)  # narrow: collisions
+    for chunk in np.array_split(stream, 7):
+        counter.add(chunk)
+    lower, estimate, upper = counter.bounds(keys)
+    assert np.all(upper >= counts) and np.array_equal(estimate, upper)
+    assert upper.sum() > counts.sum() * 1.05  # the narrow sketch does overcount: the test has teeth
+    assert np.mean(lower > counts) <= 0.02  # measured: 1.3 % at width 256, 0.04 % at 4096
+    assert np.all(lower <= upper) and lower.sum() < counts.sum()
+    top = np.argsort(-counts)[:20]  # heavy hitters from the first chunk on: exact
+    assert np.array_equal(estimate[top], counts[top]) and np.array_equal(lower[top], counts[top])
+
+
+def test_merged_shards_equal_the_index_built_on_the_union(small_synthetic):
+    infos = field_infos(small_synthetic.encoder)
+    train = small_synthetic.splits["train"]
+    options = IndexOptions(order3=[["user_id", "item_id", "hour"]], width=2 ** 10, heavy_hitters=10 ** 6)
+    half = len(train) // 2
+    first = FrequencyIndex.build(train.take(np.arange(half)), infos, options)
+    second = FrequencyIndex.build(train.take(np.arange(half, len(train))), infos, options)
+    whole = FrequencyIndex.build(train, infos, options)
+    merged = first.merge(second)
+    for order, counter in whole.counters.items():
+        assert np.array_equal(merged.counters[order].sketch.table, counter.sketch.table)
+    tokens = tokens_of(small_synthetic.splits["test"], fields=whole.names)
+    for order, counts in whole.frequencies(tokens).items():
+        np.testing.assert_array_equal(merged.frequencies(tokens)[order], counts)
+
+
+def test_index_counts_are_exact_when_every_key_is_a_heavy_hitter(small_synthetic):
+    infos = field_infos(small_synthetic.encoder)
+    train = small_synthetic.splits["train"]
+    index = FrequencyIndex.build(train, infos, IndexOptions(chunk_rows=500))
+    user = index.names.index("user_id")
+    counts = index.frequencies(tokens_of(train, fields=index.names))[1][:, user]
+    tokens = np.asarray(train.tokens["user_id"])
+    expected = np.bincount(tokens)[tokens]
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_index_save_and_load_give_the_same_frequencies(small_synthetic, tmp_path):
+    infos = field_infos(small_synthetic.encoder)
+    index = FrequencyIndex.build(small_synthetic.splits["train"], infos, IndexOptions(order3="all"))
+    index.save(tmp_path / "index.npz")
+    loaded = FrequencyIndex.load(tmp_path / "index.npz", infos)
+    tokens = tokens_of(small_synthetic.splits["test"], fields=index.names)
+    for order, counts in index.frequencies(tokens).items():
+        np.testing.assert_array_equal(loaded.frequencies(tokens)[order], counts)
+    for order in index.reference_quantiles:
+        np.testing.assert_array_equal(loaded.reference_quantiles[order], index.reference_quantiles[order])
+
+
+def test_unknown_index_field_is_named(small_synthetic):
+    with pytest.raises(ConfigError, match="index.fields: unknown field 'nope'"):
+        FrequencyIndex(field_infos(small_synthetic.encoder), IndexOptions(fields=["nope"]))
+
+
+# ------------------------------------------------------------------ strategies on a trained model
+@pytest.fixture(scope="module")
+def trained(small_synthetic, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    data = DataConfig(source="synthetic", cache_dir=None,  # the same rows as small_synthetic
+                      options={"rows": 3000, "users": 200, "items": 150, "seed": 7})
+    config = RunConfig(data=data, model={"name": "dnn", "hidden_units": [32], "dropout": 0.1},
+                       train={"batch_size": 256, "epochs": 3, "seed": 1, "progress": False},
+                       output_dir=str(folder))
+    run, _, _ = train_run(config, folder, dataset=small_synthetic, log=lambda line: None)
+    return run
+
+
+def test_paths_with_all_confidences_one_drop_nothing(small_synthetic, trained):
+    index = run_index(trained, small_synthetic, IndexOptions(order3="all"))
+    rows, fields = 50, trained.model.embedding.num_fields
+    ones = Confidence(np.ones((rows, fields), np.float32),
+                      {o: np.ones((rows, len(c)), np.float32) for o, c in index.combos.items()},
+                      np.ones(rows, np.float32))
+    drops = sample_confidence_paths(ones, index, 16, torch.Generator().manual_seed(0))
+    assert not drops.any()
+
+
+def test_matt_with_all_confidences_one_equals_plain(small_synthetic, trained, monkeypatch):
+    index = run_index(trained, small_synthetic, IndexOptions())
+    matt = make_inference(InferenceOptions(strategy="matt", paths=6), index=index)
+    plain = make_inference(InferenceOptions(strategy="plain"))
+    test = small_synthetic.splits["test"]
+
+    def full_confidence(batch):
+        rows = len(batch)
+        return Confidence(np.ones((rows, trained.model.embedding.num_fields), np.float32),
+                          {o: np.ones((rows, len(c)), np.float32) for o, c in index.combos.items() if c},
+                          np.ones(rows, np.float32))
+
+    monkeypatch.setattr(matt, "confidence", full_confidence)
+    matt_prob, matt_cost = predict_with(matt, trained.model, test)
+    plain_prob, plain_cost = predict_with(plain, trained.model, test)
+    np.testing.assert_allclose(matt_prob, plain_prob, rtol=1e-6)
+    assert matt_cost.mean() == 6 and plain_cost.mean() == 1
+
+
+def test_matt_drops_rare_features_more_often(small_synthetic, trained):
+    index = run_index(trained, small_synthetic, IndexOptions())
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 500))
+    matt = make_inference(InferenceOptions(strategy="matt"), index=index)
+    conf = matt.confidence(batch)
+    drops = sample_confidence_paths(conf, index, 64, torch.Generator().manual_seed(0))
+    rate = drops.float().mean(0)  # [B, F]
+    user = trained.model.embedding.field_index("user_id")
+    rare, common = conf.fields[:, user] < 0.5, conf.fields[:, user] >= 0.99
+    assert rare.any() and common.any()
+    assert rate[rare, user].mean() > 0.3 > 0.05 > rate[common, user].mean()
+
+
+def test_uttsi_with_budget_one_runs_only_the_filtered_pass(small_synthetic, trained):
+    result = evaluate_inference(trained, small_synthetic, InferenceOptions(strategy="uttsi", budget=1.0),
+                                measure_latency=False)
+    assert result["valid"]["avg_cost"] == 1.0 and result["test"]["max_cost"] == 1.0
+    assert math.isinf(result["uttsi"]["threshold"])
+
+
+@pytest.mark.parametrize("budget", [1.5, 2.0, 2.8])
+def test_uttsi_cost_on_valid_stays_within_the_budget(small_synthetic, trained, budget):
+    result = evaluate_inference(trained, small_synthetic,
+                                InferenceOptions(strategy="uttsi", budget=budget, max_paths=6),
+                                splits=("valid",), measure_latency=False)
+    assert result["valid"]["avg_cost"] <= budget * 1.05
+    assert result["valid"]["avg_cost"] > 1 + 0.5 * (budget - 1)  # the budget is actually spent
+
+
+def test_uttsi_threshold_fit_and_paths_grow_with_uncertainty():
+    uncertainty = np.linspace(0, 1, 1001)
+    threshold = fit_threshold(uncertainty, 2.0, 8)
+    paths = extra_paths(uncertainty, threshold, 8)
+    assert 1 + paths.mean() <= 2.0
+    assert np.all(np.diff(paths) >= 0) and paths[0] == 0 and paths[-1] == 8
+    assert math.isinf(fit_threshold(uncertainty, 1.0, 8))
+
+
+def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):
+    options = dict(strategy="uttsi", budget=2.0, max_paths=4)
+    chosen = evaluate_inference(trained, small_synthetic, InferenceOptions(**options),
+                                splits=("test",), measure_latency=False)
+    random = evaluate_inference(trained, small_synthetic, InferenceOptions(**options, trigger="random"),
+                                splits=("test",), measure_latency=False)
+    assert chosen["test"]["avg_cost"] == pytest.approx(random["test"]["avg_cost"])
+    assert chosen["inference"] == "uttsi@2" and random["inference"] == "uttsi-random@2"
+
+
+def test_temperature_control_keeps_auc_and_fits_logloss(small_synthetic, trained):
+    plain = evaluate_inference(trained, small_synthetic, InferenceOptions(), measure_latency=False)
+    scaled = evaluate_inference(trained, small_synthetic, InferenceOptions(strategy="temperature"),
+                                measure_latency=False)
+    assert scaled["test"]["auc"] == pytest.approx(plain["test"]["auc"], abs=1e-6)
+    assert scaled["valid"]["logloss"] <= plain["valid"]["logloss"] + 1e-9
+
+
+def test_latency_is_reported(small_synthetic, trained):
+    result = evaluate_inference(trained, small_synthetic, InferenceOptions(strategy="matt", paths=4),
+                                splits=("test",))
+    latency = result["latency"]
+    assert 0 < latency["single_p50_ms"] <= latency["single_p99_ms"]
+    assert 0 < latency["batch4096_p50_ms"] <= latency["batch4096_p99_ms"]
+
+
+# ------------------------------------------------------------------ neutral embeddings, field dropout
+def test_neutral_modes_zero_and_learned(small_synthetic):
+    infos = field_infos(small_synthetic.encoder)
+    plain = build_model("dnn", infos, {"hidden_units": [8]})
+    set_neutral_mode(plain, "zero")
+    assert torch.equal(plain.embedding.neutral(), torch.zeros_like(plain.embedding.neutral()))
+    with pytest.raises(ConfigError, match="learned_neutral"):
+        set_neutral_mode(plain, "learned")
+    learned = build_model("deepfm", infos, {"hidden_units": [8], "learned_neutral": True})
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 8))
+    drop = torch.ones(8, learned.embedding.num_fields, dtype=torch.bool)
+    with torch.no_grad():
+        learned.embedding.learned_neutral.fill_(0.5)
+    assert torch.allclose(learned.embedding(batch, drop), torch.full((8, len(infos), 10), 0.5))
+
+
+def test_field_dropout_trains_the_learned_neutral_embedding(small_synthetic, tmp_path):
+    config = RunConfig(data=DataConfig(cache_dir=None),
+                       model={"name": "dnn", "hidden_units": [16], "learned_neutral": True},
+                       train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False,
+                              "field_dropout": 0.2}, output_dir=str(tmp_path))
+    run, _, metrics = train_run(config, tmp_path / "run", dataset=small_synthetic, log=lambda line: None)
+    assert run.model.embedding.learned_neutral.abs().sum() > 0  # it started at zero
+    assert metrics["test"]["auc"] > 0.55
+    assert load_run(tmp_path / "run").model.embedding.neutral_mode == "learned"
+
+
+def test_cli_evaluate_with_inference(trained):
+    result = CliRunner().invoke(app, ["evaluate", str(trained.folder), "--inference", "uttsi",
+                                      "--budget", "1.5", "--split", "valid"])
+    assert result.exit_code == 0, result.output
+    assert "uttsi@1.5" in result.output and "valid 1.5" in result.output
+    bad = CliRunner().invoke(app, ["evaluate", str(trained.folder), "--inference", "matt", "-o", "mixx=1"])
+    assert bad.exit_code != 0 and "unknown key 'mixx'" in str(bad.exception)
