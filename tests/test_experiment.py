@@ -55,3 +55,33 @@ def test_unknown_model_option_is_reported(tmp_path):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(bad))
     result = genctr("run", "exp.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "hiden_units" in result.stdout
+
+
+def test_inference_matrix_records_each_strategy_once_and_reports(tmp_path):
+    experiment = {**EXPERIMENT, "models": {"dnn": {"hidden_units": [16], "dropout": 0.1}},
+                  "latency": False,
+                  "inference": {"plain": {"strategy": "plain"},
+                                "temperature": {"strategy": "temperature"},
+                                "matt": {"strategy": "matt", "paths": [2, 3]},
+                                "mc-dropout": {"strategy": "mcdropout", "paths": 2},
+                                "uttsi": {"strategy": "uttsi", "budget": 1.5, "max_paths": 3}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    first = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    records = [json.loads(x) for x in (tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()]
+    evaluated = sorted((r["inference"], r["variant"], r["seed"]) for r in records if "variant" in r)
+    assert evaluated == sorted((inference, variant, seed) for seed in (1, 2) for inference, variant in [
+        ("plain", "plain"), ("plain", "temperature"), ("matt@2", "matt"), ("matt@3", "matt"),
+        ("matt@2", "mc-dropout"), ("uttsi@1.5", "uttsi")])
+    for r in records:
+        if "variant" in r:
+            assert r["avg_cost"] >= 1 and 0.5 < r["test_auc"] < 1
+            assert r["inference"] == "plain" or r["inference"].startswith(("matt@", "uttsi@"))
+    assert [r["valid_avg_cost"] for r in records if r.get("variant") == "uttsi"] == [1.5, 1.5]
+    again = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert again.returncode == 0 and len((tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()) == len(records)
+    report = genctr("report", "--benchmarks-dir", "bench", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "bench" / "RESULTS.md").read_text()
+    assert "## synthetic-small: test-time inference" in text and "| uttsi@1.5 | uttsi | 1,2 |" in text
+    assert (tmp_path / "bench" / "plots" / "synthetic-small-testtime-gain.png").is_file()

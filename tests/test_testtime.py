@@ -181,7 +181,8 @@ def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):
     random = evaluate_inference(trained, small_synthetic, InferenceOptions(**options, trigger="random"),
                                 splits=("test",), measure_latency=False)
     assert chosen["test"]["avg_cost"] == pytest.approx(random["test"]["avg_cost"])
-    assert chosen["inference"] == "uttsi@2" and random["inference"] == "uttsi-random@2"
+    assert chosen["inference"] == random["inference"] == "uttsi@2.0"
+    assert (chosen["strategy"], random["strategy"]) == ("uttsi@2.0", "uttsi-random@2.0")
 
 
 def test_temperature_control_keeps_auc_and_fits_logloss(small_synthetic, trained):

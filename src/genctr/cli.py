@@ -152,7 +152,7 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
     options = parse_model(InferenceOptions, chosen, "--inference/--option")
     result = evaluate_inference(run, dataset, options, tuple(split), measure_latency)
     print_metrics({s: result[s] for s in split},
-                  f"{run.config.model_name} from {run_dir}, inference {result['inference']}")
+                  f"{run.config.model_name} from {run_dir}, inference {result['strategy']}")
     console.print("average forward passes per instance: " + ", ".join(
         f"{s} {result[s]['avg_cost']:.3f}" for s in split))
     if "latency" in result:

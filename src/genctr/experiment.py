@@ -1,8 +1,11 @@
-"""Experiment matrices: tasks × models × seeds, each cell a run, each result a JSONL record.
+"""Experiment matrices: tasks × models × seeds (× inference strategies), each result a JSONL record.
 
 `genctr run EXPERIMENT.yaml` trains every cell not yet recorded (so a killed matrix resumes
 where it stopped), each in its own process (clean peak-memory measurement, no state shared
 between cells), and appends one record per cell in the results format of BENCHMARKS.md.
+With an `inference` matrix, every strategy not yet recorded is then evaluated on each cell's
+saved run; a cell whose folder already holds a finished run (trained by this experiment or by
+another with the same name and output_dir) is not trained again.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ import yaml
 from pydantic import Field, field_validator
 
 from genctr.config import DataConfig, RunConfig
+from genctr.data.store import prepare
 from genctr.errors import GenctrError
 from genctr.models import model_options
 from genctr.provenance import git_commit, machine, now_iso
 from genctr.schema import Strict, parse_model, read_yaml
-from genctr.train import TrainConfig
+from genctr.testtime.inference import InferenceOptions
+from genctr.runs import METRICS_FILE
+from genctr.train import BEST_WEIGHTS, TrainConfig
 
 
 class ExperimentConfig(Strict):
@@ -34,6 +40,10 @@ class ExperimentConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     model_train: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per model: train keys overriding `train`")
+    inference: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="variant name -> inference options (genctr.testtime); "
+        "`paths` and `budget` may be lists, one record per value")
+    latency: bool = Field(True, description="time p50/p99 latency of each inference strategy")
 
     @field_validator("models")
     @classmethod
@@ -42,6 +52,19 @@ class ExperimentConfig(Strict):
             spec.setdefault("name", label)
             model_options(spec["name"], {k: v for k, v in spec.items() if k != "name"})
         return models
+
+    @field_validator("inference")
+    @classmethod
+    def _valid_inference(cls, entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for variant, options in entries.items():
+            for expanded in _expand(options):
+                parse_model(InferenceOptions, expanded, f"inference.{variant}")
+        return entries
+
+    def inference_cells(self) -> list[tuple[str, InferenceOptions]]:
+        """(variant, options) for every inference entry and every listed paths/budget value."""
+        return [(variant, InferenceOptions.model_validate(expanded))
+                for variant, options in self.inference.items() for expanded in _expand(options)]
 
     def cells(self) -> list[tuple[str, str, int]]:
         return [(t, m, s) for t in self.tasks for m in self.models for s in self.seeds]
@@ -54,6 +77,15 @@ class ExperimentConfig(Strict):
                          output_dir=self.output_dir)
 
 
+def _expand(options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One options dict per value of a listed `paths` or `budget`."""
+    expanded = [dict(options)]
+    for key in ("paths", "budget"):
+        if isinstance(options.get(key), list):
+            expanded = [e | {key: value} for e in expanded for value in options[key]]
+    return expanded
+
+
 def load_experiment(path: str | Path) -> ExperimentConfig:
     return parse_model(ExperimentConfig, read_yaml(path), str(path))
 
@@ -63,7 +95,15 @@ def recorded_cells(results: Path, experiment: str) -> set[tuple[str, str, int]]:
         return set()
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
     return {(r["task"], r["model"], r["seed"]) for r in records
-            if r.get("experiment") == experiment and r.get("inference", "plain") == "plain"}
+            if r.get("experiment") == experiment and "variant" not in r}
+
+
+def recorded_inference(results: Path, experiment: str) -> set[tuple[str, str, int, str, str]]:
+    if not results.is_file():
+        return set()
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return {(r["task"], r["model"], r["seed"], r["inference"], r["variant"]) for r in records
+            if r.get("experiment") == experiment and "variant" in r}
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
@@ -84,32 +124,89 @@ def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dic
     }
 
 
+def inference_record(task: str, model: str, seed: int, variant: str, result: dict[str, Any],
+                     options: InferenceOptions, experiment: str, run_dir: Path, commit: str
+                     ) -> dict[str, Any]:
+    test, valid = result["test"], result["valid"]
+    latency = result.get("latency", {})
+    return {
+        "task": task, "model": model, "pretrain": "none", "inference": result["inference"],
+        "variant": variant, "strategy": result["strategy"], "seed": seed, "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "test_gauc": test.get("gauc"), "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
+        "segments": test["segments"],
+        "calibration": {"predicted_over_observed": test["predicted_over_observed"], "ece": test["ece"]},
+        "avg_cost": test["avg_cost"], "valid_avg_cost": valid["avg_cost"], "max_cost": test["max_cost"],
+        "latency_ms_p50": latency.get("single_p50_ms"), "latency_ms_p99": latency.get("single_p99_ms"),
+        "latency": latency, "test_seconds": test["seconds"],
+        **{k: result[k] for k in ("uttsi", "temperature", "index") if k in result},
+        "options": options.model_dump(mode="json"), "experiment": experiment, "run_dir": str(run_dir),
+        "commit": commit, "machine": machine(), "finished_at": now_iso(),
+    }
+
+
+def run_inference_cells(experiment: ExperimentConfig, task: str, model: str, seed: int,
+                        run_dir: Path, done: set, datasets: dict, log: Callable[[str], None],
+                        commit: str) -> int:
+    """Evaluate every inference variant not yet recorded on one cell's saved run."""
+    from genctr.runs import load_run
+    from genctr.testtime.evaluate import evaluate_inference
+
+    todo = [(v, o) for v, o in experiment.inference_cells()
+            if (task, model, seed, o.label(), v) not in done]
+    if not todo:
+        return 0
+    run = load_run(run_dir)
+    if task not in datasets:
+        datasets[task] = prepare(run.config.data.make_source(), run.config.data.cache_dir)
+    results = Path(experiment.results)
+    for variant, options in todo:
+        result = evaluate_inference(run, datasets[task], options, measure_latency=experiment.latency)
+        record = inference_record(task, model, seed, variant, result, options, experiment.name,
+                                  run_dir, commit)
+        with results.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        log(f"  {task} {model} seed {seed} {record['inference']} ({variant}): test auc "
+            f"{record['test_auc']:.5f} logloss {record['test_logloss']:.5f} cost {record['avg_cost']:.2f}")
+    return len(todo)
+
+
 def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = print) -> int:
     """Train every cell not yet in the results file; returns how many cells ran."""
     results = Path(experiment.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     done = recorded_cells(results, experiment.name)
+    inference_done = recorded_inference(results, experiment.name)
     commit = git_commit()  # of the code that runs, even if files are edited meanwhile
-    ran = 0
+    ran, datasets = 0, {}
     for task, model, seed in experiment.cells():
-        if (task, model, seed) in done:
-            log(f"skip {task} {model} seed {seed}: already recorded")
-            continue
         config = experiment.run_config(task, model, seed)
         run_dir = Path(config.output_dir) / config.run_name()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / "experiment-cell.yaml"
-        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        log(f"run {task} {model} seed {seed} -> {run_dir}")
-        command = [sys.executable, "-m", "genctr", "train", str(config_path), "--output",
-                   str(run_dir), "--resume"]
-        finished = subprocess.run(command, text=True)
-        if finished.returncode != 0:
-            raise GenctrError(f"cell {task}/{model}/seed {seed} failed (exit {finished.returncode})")
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit)
-        with results.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        log(f"  test auc {record['test_auc']:.5f} logloss {record['test_logloss']:.5f}")
-        ran += 1
+        finished = (run_dir / BEST_WEIGHTS).is_file() and (run_dir / METRICS_FILE).is_file()
+        if (task, model, seed) in done or (experiment.inference and finished):
+            log(f"skip training {task} {model} seed {seed}: already recorded or finished")
+        else:
+            ran += _train_cell(experiment, task, model, seed, config, run_dir, results, commit, log)
+        if experiment.inference:
+            ran += run_inference_cells(experiment, task, model, seed, run_dir, inference_done,
+                                       datasets, log, commit)
     return ran
+
+
+def _train_cell(experiment: ExperimentConfig, task: str, model: str, seed: int, config: RunConfig,
+                run_dir: Path, results: Path, commit: str, log: Callable[[str], None]) -> int:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "experiment-cell.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    log(f"run {task} {model} seed {seed} -> {run_dir}")
+    command = [sys.executable, "-m", "genctr", "train", str(config_path), "--output",
+               str(run_dir), "--resume"]
+    finished = subprocess.run(command, text=True)
+    if finished.returncode != 0:
+        raise GenctrError(f"cell {task}/{model}/seed {seed} failed (exit {finished.returncode})")
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit)
+    with results.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    log(f"  test auc {record['test_auc']:.5f} logloss {record['test_logloss']:.5f}")
+    return 1

@@ -1,4 +1,4 @@
-"""PNG plots for reports: training curves and per-model AUC with error bars."""
+"""PNG plots for reports: training curves, per-model AUC with error bars, gain against cost."""
 
 from __future__ import annotations
 
@@ -39,6 +39,23 @@ def plot_auc_bars(means: dict[str, float], stds: dict[str, float], path: str | P
     ax.set_ylim(low - pad, high + pad)
     ax.set(ylabel="test AUC (mean ± std over seeds)", title=title)
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_gain_vs_cost(gains: dict[str, list[tuple[float, float, str]]], path: str | Path,
+                      title: str) -> Path:
+    """Per model, (average cost, mean AUC gain over plain) of every inference variant."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for model, points in gains.items():
+        ax.scatter([c for c, _, _ in points], [g for _, g, _ in points], label=model)
+        for cost, gain, variant in points:
+            ax.annotate(variant, (cost, gain), fontsize=6, alpha=0.7)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set(xlabel="average forward passes per instance", ylabel="test AUC - plain", title=title)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -9,7 +9,7 @@ from statistics import median
 import numpy as np
 
 from genctr.metrics import paired_t_test
-from genctr.plots import plot_auc_bars, plot_training_curves
+from genctr.plots import plot_auc_bars, plot_gain_vs_cost, plot_training_curves
 
 HEADER = """# Benchmark results
 
@@ -177,6 +177,60 @@ def peer_section(task: str, records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
+    """Per model: each inference variant against plain on the same seeds (paired), its cost,
+    latency, calibration and segment AUCs; and a plot of AUC gain against average cost."""
+    by_model: dict[str, dict[tuple[str, str], list[dict]]] = {}
+    for r in records:
+        by_model.setdefault(r["model"], {}).setdefault((r["inference"], r["variant"]), []).append(r)
+    commands = sorted({r.get("command", "genctr run <experiment>") for r in records})
+    lines = [f"## {task}: test-time inference", "",
+             f"Produced by: {', '.join(f'`{c}`' for c in commands)}. Machine: "
+             f"{'; '.join(sorted({r['machine'] for r in records}))}. Mean ± std over seeds. "
+             "Δ: test AUC minus plain on the same seeds, paired t-test p. cost: forward passes "
+             "per instance on test (UTTSI's budget is met on valid). Latency: one request (p50/p99 "
+             "ms) and a 4096-row batch (p50 ms), confidence lookups included.", ""]
+    gains: dict[str, list[tuple[float, float, str]]] = {}
+    segment_names = sorted({s for r in records for s in (r.get("segments") or {})})
+    for model, groups in by_model.items():
+        plain = {r["seed"]: r for rs in groups.values() for r in rs if r["strategy"] == "plain"}
+        lines += [f"### {model}", "",
+                  "| inference | variant | seeds | test AUC | Δ AUC (p) | logloss | ECE | cost | "
+                  "latency 1 row p50/p99 | 4096 rows p50 | " + " | ".join(f"Δ {s}" for s in segment_names) + " |",
+                  "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(segment_names)]
+        for (inference, variant), rs in groups.items():
+            paired = [(r, plain[r["seed"]]) for r in rs if r["seed"] in plain]
+            versus, segment_cells = "", [""] * len(segment_names)
+            is_plain = rs[0]["strategy"] == "plain"
+            if paired and not is_plain:
+                test = paired_t_test([a["test_auc"] for a, _ in paired], [b["test_auc"] for _, b in paired])
+                versus = f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
+                gains.setdefault(model, []).append(
+                    (float(np.mean([r["avg_cost"] for r in rs])), test["mean_diff"], variant))
+                segment_cells = [f"{np.mean([a['segments'][s]['auc'] - b['segments'][s]['auc'] for a, b in paired]):+.4f}"
+                                 for s in segment_names]
+            elif is_plain:
+                segment_cells = [f"{np.mean([r['segments'][s]['auc'] for r in rs]):.4f}" for s in segment_names]
+            latency = [r.get("latency") or {} for r in rs]
+            single = (f"{median(x['single_p50_ms'] for x in latency):.2f}/"
+                      f"{median(x['single_p99_ms'] for x in latency):.2f}" if all(latency) else "")
+            batch = f"{median(x['batch4096_p50_ms'] for x in latency):.0f}" if all(latency) else ""
+            lines.append(
+                f"| {inference} | {variant} | {','.join(str(r['seed']) for r in rs)} | "
+                f"{_mean_std([r['test_auc'] for r in rs])} | {versus} | "
+                f"{_mean_std([r['test_logloss'] for r in rs])} | "
+                f"{np.mean([r['calibration']['ece'] for r in rs]):.4f} | "
+                f"{np.mean([r['avg_cost'] for r in rs]):.2f} | {single} | {batch} | "
+                + " | ".join(segment_cells) + " |")
+        lines.append("")
+    if gains:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        plot = plot_gain_vs_cost(gains, plots_dir / f"{task}-testtime-gain.png",
+                                 f"{task}: test AUC gain over plain vs cost")
+        lines += [f"![AUC gain against cost]({plot.relative_to(plots_dir.parent)})", ""]
+    return "\n".join(lines) + "\n"
+
+
 def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per method, the per-epoch history of its lowest-seed run, where that run folder exists."""
     histories = {}
@@ -199,8 +253,13 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
         for record in read_records(path):
             by_task.setdefault(record["task"], []).append(record)
         for task, records in by_task.items():
-            sections.append(training_section(task, records, folder / "plots"))
-            sections.append(peer_section(task, records))
+            trained = [r for r in records if "variant" not in r]
+            evaluated = [r for r in records if "variant" in r]
+            if trained:
+                sections.append(training_section(task, trained, folder / "plots"))
+                sections.append(peer_section(task, trained))
+            if evaluated:
+                sections.append(testtime_section(task, evaluated, folder / "plots"))
     text = HEADER + "\n" + "\n".join(s for s in sections if s)
     target = folder / "RESULTS.md"
     target.write_text(text)

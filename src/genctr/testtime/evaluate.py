@@ -95,7 +95,8 @@ def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOpti
     strategy = make_inference(options, run.config.train.bf16, index)
     started = time.perf_counter()
     strategy.fit(run.model, dataset.splits["valid"])
-    result: dict[str, Any] = {"inference": options.label(), "fit_seconds": time.perf_counter() - started}
+    result: dict[str, Any] = {"inference": options.label(), "strategy": options.describe(),
+                              "fit_seconds": time.perf_counter() - started}
     for name in splits:
         split = dataset.splits[name]
         started = time.perf_counter()

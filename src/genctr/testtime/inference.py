@@ -61,13 +61,21 @@ class InferenceOptions(Strict):
     confidence: ConfidenceOptions = Field(default_factory=ConfidenceOptions)
 
     def label(self) -> str:
-        """The record's `inference` value: plain, plain+T, matt@8, uttsi@2.0, uttsi-random@2.0 ..."""
-        if self.strategy == "plain":
+        """The record's `inference` value, its cost class in BENCHMARKS.md's terms: `plain` (one
+        pass: plain, temperature), `matt@M` (M passes: matt and its random/mcdropout controls),
+        `uttsi@B` (budget B, either trigger). The variant name says which strategy it was."""
+        if self.strategy in ("plain", "temperature"):
             return "plain"
-        if self.strategy == "temperature":
-            return "plain+T"
         if self.strategy == "uttsi":
-            return f"uttsi{'-random' if self.trigger == 'random' else ''}@{self.budget:g}"
+            return f"uttsi@{self.budget:.1f}" if round(self.budget, 1) == self.budget else f"uttsi@{self.budget:g}"
+        return f"matt@{self.paths}"
+
+    def describe(self) -> str:
+        """For people: the strategy and its main parameter, e.g. mcdropout@8, uttsi-random@2.0."""
+        if self.strategy in ("plain", "temperature"):
+            return self.strategy
+        if self.strategy == "uttsi":
+            return self.label().replace("uttsi", "uttsi-random" if self.trigger == "random" else "uttsi")
         return f"{self.strategy}@{self.paths}"
 
 
