@@ -90,7 +90,8 @@ def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOpti
                        splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True
                        ) -> dict[str, Any]:
     """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency)."""
-    set_neutral_mode(run.model, options.neutral)
+    own_neutral = run.model.embedding.neutral_mode
+    set_neutral_mode(run.model, options.neutral or own_neutral)
     index = run_index(run, dataset, options.index) if STRATEGIES[options.strategy].uses_index else None
     strategy = make_inference(options, run.config.train.bf16, index)
     started = time.perf_counter()
@@ -112,5 +113,5 @@ def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOpti
         result["index"] = {"bytes": index.nbytes, "build_seconds": index.build_seconds}
     if measure_latency:
         result["latency"] = latency(strategy, run.model, dataset.splits["test"])
-    set_neutral_mode(run.model, "learned" if run.model.embedding.learned_neutral is not None else "mean")
+    set_neutral_mode(run.model, own_neutral)
     return result

@@ -94,7 +94,7 @@ class FrequencyIndex:
         self.build_seconds = 0.0
 
     # ------------------------------------------------------------------ building
-    def _keys(self, tokens: Tokens) -> dict[int, np.ndarray]:
+    def keys_of(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> uint64 [N, C] keys of every combination of that order."""
         values = {f.name: field_value_column(tokens[f.name]) for f in self.fields}
         keys = {}
@@ -117,13 +117,13 @@ class FrequencyIndex:
         step = index.options.chunk_rows
         for start in range(0, len(train), step):
             rows = slice(start, min(start + step, len(train)))
-            for order, keys in index._keys(tokens_of(train, rows, index.names)).items():
+            for order, keys in index.keys_of(tokens_of(train, rows, index.names)).items():
                 index.counters[order].add(keys.ravel())
         index.rows = len(train)
         rng = np.random.default_rng(index.options.seed)
         sample = np.sort(rng.choice(len(train), min(len(train), index.options.sample_rows),
                                     replace=False))
-        index.sample_keys = index._keys(tokens_of(train, sample, index.names))
+        index.sample_keys = index.keys_of(tokens_of(train, sample, index.names))
         index.sample_weights = np.full(len(sample), len(train) / max(len(sample), 1))
         index._fit_reference()
         index.build_seconds = time.perf_counter() - started
@@ -161,7 +161,7 @@ class FrequencyIndex:
         """order -> float64 [N, C]: estimated training count of each row's combinations
         (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3)."""
         out = {}
-        for order, keys in self._keys(tokens).items():
+        for order, keys in self.keys_of(tokens).items():
             _, estimate, _ = self.count(order, keys.ravel())
             out[order] = estimate.reshape(keys.shape).astype(np.float64)
         return out

@@ -46,7 +46,8 @@ class InferenceOptions(Strict):
         "confidence", description="matt: weight each path by its confidence, or not")
     mix: float = Field(1.0, ge=0, le=1, description="weight of the path aggregate against the "
                        "plain (uttsi: filtered) prediction")
-    neutral: NeutralMode = Field("mean", description="what a dropped field receives")
+    neutral: NeutralMode | None = Field(None, description="what a dropped field receives; default: "
+                                        "the model's own (learned if it has one, else mean)")
     random_drop: float = Field(0.1, ge=0, lt=1, description="random: per-field drop probability")
     budget: float = Field(2.8, ge=1, description="uttsi: average passes per instance on valid")
     max_paths: int = Field(8, ge=1, description="uttsi: most extra paths one instance gets")
