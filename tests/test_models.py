@@ -26,7 +26,8 @@ SMALL = {"lr": {}, "fm": {}, "dnn": {"hidden_units": [64, 32]}, "widedeep": {"hi
          "autoint": {"attention_layers": 1, "attention_dim": 16, "hidden_units": [64]},
          "finalmlp": {"stream1_units": [64], "stream2_units": [64], "selection_units": 32,
                       "fusion_heads": 4},
-         "din": {"hidden_units": [64], "attention_units": [16]}}
+         "din": {"hidden_units": [64], "attention_units": [16]},
+         "hetegen": {"embedding_dim": 16, "layers": 1, "heads": 2}}
 
 
 def test_every_registered_model_is_covered():

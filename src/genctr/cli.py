@@ -112,14 +112,15 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
 def train(config_file: Path, output: Optional[Path] = typer.Option(None, "--output",
           help="run folder (default: OUTPUT_DIR/NAME from the config)"),
           resume: bool = typer.Option(False, "--resume", help="continue a killed run"),
-          init_from: Optional[Path] = typer.Option(None, "--init-from", hidden=True)) -> None:
+          init_from: Optional[Path] = typer.Option(
+              None, "--init-from", help="fine-tune from a pre-training run (genctr pretrain)")) -> None:
     """Train one run from a YAML config; saves config, encoder, weights, history, metrics."""
     from genctr.config import load_run_config
     from genctr.runs import train_run
 
-    if init_from is not None:
-        raise ConfigError("--init-from needs a pre-trained run: not available yet")
     config = load_run_config(config_file)
+    if init_from is not None:
+        config = config.model_copy(update={"init_from": str(init_from)})
     run, state, metrics = train_run(config, output, resume=resume, log=console.print)
     print_metrics(metrics, f"{config.model_name} on {config.data.source}, best epoch "
                            f"{state.best_epoch} (run saved in {run.folder})")
@@ -178,6 +179,20 @@ def predict(run_dir: Path, input_file: Path, output_file: Path) -> None:
 
     rows = predict_file(load_run(run_dir), input_file, output_file)
     console.print(f"wrote {rows:,} probabilities to {output_file}")
+
+
+@app.command()
+def pretrain(config_file: Path, output: Optional[Path] = typer.Option(
+        None, "--output", help="run folder (default: OUTPUT_DIR/NAME from the config)")) -> None:
+    """Generative pre-training (HeteGenCTR / uniform diffusion); logs per-field losses and weights."""
+    from genctr.pretrain.loop import load_pretrain_config, pretrain_run
+
+    config = load_pretrain_config(config_file)
+    folder, _, history = pretrain_run(config, output, log=console.print)
+    console.print(f"pre-training saved in {folder} ({len(history)} epochs, median "
+                  f"{sorted(h['epoch_seconds'] for h in history)[len(history) // 2]:.1f} s/epoch); "
+                  f"per-field summary {folder / 'fields.md'}, plot {folder / 'field_weights.png'}")
+    console.print((folder / "fields.md").read_text())
 
 
 @app.command("run")

@@ -39,6 +39,9 @@ class RunConfig(Strict):
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "dnn"})
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs"
+    init_from: str | None = Field(None, description="a pre-training run folder to fine-tune from")
+    freeze_embeddings: bool = Field(False, description="with init_from: keep the transferred "
+                                    "embedding tables fixed")
 
     @field_validator("model")
     @classmethod

@@ -60,3 +60,21 @@ def plot_gain_vs_cost(gains: dict[str, list[tuple[float, float, str]]], path: st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_field_trajectories(trajectory: list[dict], path: str | Path, title: str) -> Path:
+    """Per field: the loss weight (left) and the reconstruction loss (right) over steps."""
+    fig, (ax_weight, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [t["step"] for t in trajectory]
+    names = list(trajectory[0]["weight"])
+    for name in names:
+        ax_weight.plot(steps, [t["weight"].get(name) for t in trajectory], label=name)
+        points = [(t["step"], t["field_loss"][name]) for t in trajectory if name in t["field_loss"]]
+        ax_loss.plot([s for s, _ in points], [v for _, v in points], label=name)
+    ax_weight.set(xlabel="step", ylabel="loss weight", title=title, yscale="log")
+    ax_loss.set(xlabel="step", ylabel="reconstruction loss ℓ_f", title="per-field loss", yscale="log")
+    ax_loss.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

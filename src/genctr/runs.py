@@ -63,9 +63,18 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+    if config.init_from:
+        from genctr.pretrain.transfer import pretrained_model_options
+
+        config = config.model_copy(update={"model": pretrained_model_options(config.model, config.init_from)})
     (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     dataset.encoder.save(folder / ENCODER_FILE)
     model = build_for(config, dataset.encoder)
+    if config.init_from:
+        from genctr.pretrain.transfer import transfer_pretrained
+
+        moved = transfer_pretrained(model, config.init_from, dataset.encoder, config.freeze_embeddings)
+        log(f"initialised from {config.init_from}: {', '.join(moved)}")
     state = Trainer(config.train, folder, log).fit(model, dataset.splits["train"],
                                                    dataset.splits["valid"], resume=resume)
     bf16, size = config.train.bf16, config.train.eval_batch_size

@@ -13,13 +13,15 @@ from genctr.models.din import DIN
 from genctr.models.dnn import DNN
 from genctr.models.finalmlp import FinalMLP
 from genctr.models.fm import FM
+from genctr.models.hetegen import HeteGen
 from genctr.models.lr import LR
 from genctr.models.widedeep import WideDeep
 from genctr.nn.embedding import FieldInfo
 from genctr.schema import parse_model
 
 MODELS: dict[str, type[CTRModel]] = {
-    cls.name: cls for cls in (LR, FM, DNN, WideDeep, DeepFM, DCNv2, AutoIntPlus, FinalMLP, DIN)
+    cls.name: cls for cls in (LR, FM, DNN, WideDeep, DeepFM, DCNv2, AutoIntPlus, FinalMLP, DIN,
+                             HeteGen)
 }
 
 

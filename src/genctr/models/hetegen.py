@@ -1,0 +1,87 @@
+"""HeteGen (full transfer): the pre-trained denoiser fine-tuned to fill in the masked label token.
+
+Every field is visible and only the label is masked, the state pre-training practised; the
+CTR logit is logit(click) − logit(no click) of the label head, or (`scorer: mlp`) an MLP over
+all contextual token vectors. A dropped field gets its neutral embedding like in any backbone,
+so MATT and UTTSI apply unchanged. `embedding_dim` is the denoiser's token width. Trained from
+scratch unless `genctr train --init-from PRETRAIN_RUN` loads a pre-training run (the denoiser's
+options are then taken from that run).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from genctr.models.base import CTRModel, ModelOptions
+from genctr.nn.blocks import MLP
+from genctr.nn.embedding import FieldEmbedding
+from genctr.pretrain.corruption import Masks
+from genctr.pretrain.denoiser import Denoiser, DenoiserOptions
+
+DENOISER_KEYS = ("embedding_dim", "layers", "heads", "ffn_multiple", "attention", "guidance",
+                 "guidance_detach")
+
+
+class HeteGenOptions(ModelOptions):
+    embedding_dim: int = Field(32, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ffn_multiple: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attention: Literal["softmax", "silu"] = "softmax"
+    guidance: Literal["none", "query", "key"] = "none"
+    guidance_detach: bool = True
+    scorer: Literal["label", "mlp"] = Field("label", description="label head, or an MLP over all tokens")
+    scorer_units: list[int] = Field(default_factory=lambda: [200, 200])
+
+    @model_validator(mode="after")
+    def _bin_tokens_only(self) -> "HeteGenOptions":
+        if self.numeric_embedding != "bin" or self.learned_neutral:
+            raise ValueError("hetegen embeds numerics as bin tokens and uses the mean neutral "
+                             "embedding: numeric_embedding must be 'bin', learned_neutral false")
+        return self
+
+    def denoiser(self) -> DenoiserOptions:
+        return DenoiserOptions(d_model=self.embedding_dim, layers=self.layers, heads=self.heads,
+                               ffn_multiple=self.ffn_multiple, dropout=self.dropout,
+                               attention=self.attention, guidance=self.guidance,
+                               guidance_detach=self.guidance_detach)
+
+    @staticmethod
+    def from_denoiser(options: DenoiserOptions) -> dict:
+        """This model's keys for a pre-trained denoiser's options."""
+        return {"embedding_dim": options.d_model, "layers": options.layers, "heads": options.heads,
+                "ffn_multiple": options.ffn_multiple, "attention": options.attention,
+                "guidance": options.guidance, "guidance_detach": options.guidance_detach}
+
+
+class HeteGen(CTRModel):
+    name = "hetegen"
+    Options = HeteGenOptions
+
+    def __init__(self, fields, options: HeteGenOptions):
+        nn.Module.__init__(self)  # the denoiser owns the field embedding
+        self.options = options
+        self.denoiser = Denoiser(fields, options.denoiser())
+        self.label_head = nn.Linear(options.embedding_dim, 2)
+        # the pre-training's log-difficulties s (for the attention guidance), fixed when tuning
+        self.register_buffer("log_difficulty", torch.zeros(len(fields) + 1))
+        self.scorer = (MLP(self.denoiser.num_tokens * options.embedding_dim, options.scorer_units,
+                           out_dim=1, dropout=options.dropout)
+                       if options.scorer == "mlp" else None)
+
+    @property
+    def embedding(self) -> FieldEmbedding:
+        return self.denoiser.embedding
+
+    def forward(self, batch, drop=None):
+        masks = Masks.label_only(len(batch), len(self.denoiser.fields), self.denoiser.sequences)
+        hidden = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty)
+        if self.scorer is not None:
+            return self.scorer(hidden.flatten(1)).squeeze(-1)
+        logits = self.label_head(hidden[:, self.denoiser.label_token]).float()
+        return logits[:, 1] - logits[:, 0]

@@ -1,0 +1,146 @@
+"""The denoiser: a bidirectional transformer over field tokens, with difficulty-guided attention.
+
+Tokens: one per field (a multi field's items mean-pooled), one per position of a sequence field,
+and the label last. Each token is its field's embedding (FieldEmbedding, numerics as their bin
+token) or, where masked, its field's learned [MASK] vector, plus a learned field-identity vector
+(fields have no order between them) and, inside a sequence, a position vector.
+
+Difficulty-guided attention (HeteGenCTR): the query (or, as an option, the key) of every token of
+field f is scaled by exp(−s_f / 2), s_f the field's learned log-difficulty; softmax attention
+(default) or HSTU-style pointwise SiLU attention.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from genctr.data.batches import Batch
+from genctr.nn.embedding import FieldEmbedding, FieldInfo
+from genctr.pretrain.corruption import Masks
+from genctr.schema import FieldKind, Strict
+
+
+class DenoiserOptions(Strict):
+    d_model: int = Field(32, ge=4, description="token width; also the field embedding dimension")
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ffn_multiple: int = Field(4, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    attention: Literal["softmax", "silu"] = Field("softmax", description="silu: HSTU-style pointwise")
+    guidance: Literal["none", "query", "key"] = Field(
+        "query", description="scale this side of a field's tokens by exp(-s_f/2)")
+    guidance_detach: bool = Field(True, description="no gradient from attention into s")
+
+
+class GuidedSelfAttention(nn.Module):
+    def __init__(self, options: DenoiserOptions) -> None:
+        super().__init__()
+        if options.d_model % options.heads:
+            raise ValueError(f"d_model {options.d_model} is not divisible by heads {options.heads}")
+        self.heads, self.head_dim = options.heads, options.d_model // options.heads
+        self.qkv = nn.Linear(options.d_model, 3 * options.d_model)
+        self.out = nn.Linear(options.d_model, options.d_model)
+        self.kind, self.side = options.attention, options.guidance
+
+    def forward(self, x: torch.Tensor, token_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, d]; token_scale [T]: the guidance factor exp(−s_f/2) of each token's field."""
+        rows, tokens, width = x.shape
+        q, k, v = self.qkv(x).view(rows, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if token_scale is not None and self.side != "none":
+            scale = token_scale.view(1, 1, tokens, 1).to(q.dtype)
+            if self.side == "query":
+                q = q * scale
+            else:
+                k = k * scale
+        if self.kind == "softmax":
+            mixed = nn.functional.scaled_dot_product_attention(q, k, v)
+        else:  # HSTU: SiLU of the scores, averaged over the tokens instead of normalised
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            mixed = nn.functional.silu(scores) @ v / tokens
+        return self.out(mixed.transpose(1, 2).reshape(rows, tokens, width))
+
+
+class DenoiserLayer(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, options: DenoiserOptions) -> None:
+        super().__init__()
+        width = options.d_model
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention = GuidedSelfAttention(options)
+        self.ffn = nn.Sequential(nn.Linear(width, options.ffn_multiple * width), nn.GELU(),
+                                 nn.Linear(options.ffn_multiple * width, width))
+        self.dropout = nn.Dropout(options.dropout)
+
+    def forward(self, x: torch.Tensor, token_scale: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm1(x), token_scale))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+class Denoiser(nn.Module):
+    """Batch + masks -> contextual token vectors [B, T, d]; `token_field` [T] maps tokens to
+    fields (0..F−1, the label F)."""
+
+    def __init__(self, fields: list[FieldInfo], options: DenoiserOptions) -> None:
+        super().__init__()
+        self.options = options
+        self.fields = fields
+        width = options.d_model
+        self.embedding = FieldEmbedding(fields, width, numeric="bin")
+        self.num_fields = len(fields)
+        self.mask_vectors = nn.Parameter(torch.randn(self.num_fields + 1, width) * 0.02)
+        self.field_identity = nn.Parameter(torch.randn(self.num_fields + 1, width) * 0.02)
+        self.label_embedding = nn.Embedding(2, width)
+        self.sequences = {f.name: f.max_len for f in fields if f.kind is FieldKind.sequence}
+        self.positions = nn.ParameterDict({name: nn.Parameter(torch.randn(length, width) * 0.02)
+                                           for name, length in self.sequences.items()})
+        token_field, self.slices = [], {}
+        for i, f in enumerate(fields):
+            length = self.sequences.get(f.name, 1)
+            self.slices[f.name] = slice(len(token_field), len(token_field) + length)
+            token_field += [i] * length
+        self.label_token = len(token_field)
+        token_field.append(self.num_fields)
+        self.register_buffer("token_field", torch.tensor(token_field), persistent=False)
+        self.layers = nn.ModuleList(DenoiserLayer(options) for _ in range(options.layers))
+        self.norm = nn.LayerNorm(width)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_field)
+
+    def inputs(self, batch: Batch, masks: Masks, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, T, d]: token vectors before the transformer."""
+        pooled = self.embedding(batch, drop)  # [B, F, d]; dropped fields: neutral embedding
+        parts = []
+        for i, f in enumerate(self.fields):
+            if f.name in self.sequences:
+                items, _ = self.embedding.sequence(batch, f.name)  # [B, L, d]
+                if drop is not None:  # a dropped history: every position neutral
+                    items = torch.where(drop[:, i].view(-1, 1, 1), pooled[:, i:i + 1], items)
+                masked = masks.positions[f.name].unsqueeze(-1)
+                items = torch.where(masked, self.mask_vectors[i], items)
+                parts.append(items + self.positions[f.name])
+            else:
+                vector = torch.where(masks.fields[:, i:i + 1], self.mask_vectors[i], pooled[:, i])
+                parts.append(vector.unsqueeze(1))
+        label = self.label_embedding(batch.label.long().clamp(0, 1))
+        label = torch.where(masks.fields[:, -1:], self.mask_vectors[-1], label)
+        parts.append(label.unsqueeze(1))
+        return torch.cat(parts, dim=1) + self.field_identity[self.token_field]
+
+    def forward(self, batch: Batch, masks: Masks, drop: torch.Tensor | None = None,
+                log_difficulty: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.inputs(batch, masks, drop)
+        scale = None
+        if log_difficulty is not None and self.options.guidance != "none":
+            s = log_difficulty.detach() if self.options.guidance_detach else log_difficulty
+            scale = torch.exp(-s / 2)[self.token_field]
+        for layer in self.layers:
+            x = layer(x, scale)
+        return self.norm(x)

@@ -1,0 +1,124 @@
+"""Reconstruction heads and the per-field losses ℓ_f.
+
+Each field projects its token's contextual vector and scores it against its own (input)
+embedding table: full softmax for small vocabularies, cosine sampled softmax with in-batch
+negatives (the distinct targets of the batch) and a temperature above `sampled_above`; a multi
+field is reconstructed as a set (binary cross-entropy over its vocabulary); a sequence field
+position by position, sharing its owner's vocabulary; the label by a 2-way softmax.
+ℓ_f is the mean loss over the masked occurrences of field f in the batch; a field with none
+is marked absent and contributes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from genctr.data.batches import Batch
+from genctr.nn.embedding import FieldInfo
+from genctr.pretrain.corruption import Masks
+from genctr.pretrain.denoiser import Denoiser
+from genctr.schema import PAD, FieldKind, Strict
+
+
+class HeadOptions(Strict):
+    sampled_above: int = Field(1000, ge=2, description="vocabularies larger than this use the "
+                               "cosine sampled softmax")
+    temperature: float = Field(0.1, gt=0, description="of the cosine sampled softmax")
+
+
+@dataclass
+class FieldLosses:
+    """losses, accuracy: [F + 1] (label last); present: bool [F + 1]."""
+
+    losses: torch.Tensor
+    accuracy: torch.Tensor
+    present: torch.Tensor
+
+
+def cosine_softmax_loss(query: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                        candidates: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of cos(query, table[c]) / temperature over the candidate ids (which must
+    contain every target); returns (mean loss, accuracy). With every id as a candidate it is
+    the full softmax over cosine logits."""
+    q = nn.functional.normalize(query.float(), dim=-1)
+    c = nn.functional.normalize(table[candidates].float(), dim=-1)
+    logits = q @ c.T / temperature
+    where = torch.searchsorted(candidates, targets)
+    loss = nn.functional.cross_entropy(logits, where)
+    return loss, (logits.argmax(-1) == where).float().mean()
+
+
+class FieldHeads(nn.Module):
+    def __init__(self, fields: list[FieldInfo], width: int, options: HeadOptions) -> None:
+        super().__init__()
+        self.fields = fields
+        self.options = options
+        self.project = nn.ModuleDict({f.name: nn.Linear(width, width) for f in fields})
+        self.label = nn.Linear(width, 2)
+
+    def kind(self, info: FieldInfo) -> str:
+        if info.kind is FieldKind.multi:
+            return "set"
+        return "sampled" if info.vocab_size > self.options.sampled_above else "softmax"
+
+    def forward(self, hidden: torch.Tensor, batch: Batch, masks: Masks, denoiser: Denoiser) -> FieldLosses:
+        """Per-field losses of the masked occurrences; `hidden` [B, T, d] from the denoiser."""
+        count = len(self.fields) + 1
+        losses = hidden.new_zeros(count, dtype=torch.float32)
+        accuracy = hidden.new_zeros(count, dtype=torch.float32)
+        present = torch.zeros(count, dtype=torch.bool)
+        for i, info in enumerate(self.fields):
+            tokens = batch.tokens[info.name]
+            span = denoiser.slices[info.name]
+            if info.kind is FieldKind.sequence:
+                where = masks.positions[info.name]  # [B, L]
+                states, targets = hidden[:, span][where], tokens[where].long()
+            else:
+                where = masks.fields[:, i]
+                states, targets = hidden[where, span.start], tokens[where].long()
+            if states.shape[0] == 0:
+                continue
+            table = denoiser.embedding.tables[info.table].weight
+            query = self.project[info.name](states)
+            if info.kind is FieldKind.multi:
+                losses[i], accuracy[i] = self._set_loss(query, table, targets)
+            elif self.kind(info) == "sampled":
+                candidates = torch.unique(targets)
+                losses[i], accuracy[i] = cosine_softmax_loss(query, table, targets, candidates,
+                                                             self.options.temperature)
+            else:
+                logits = query.float() @ table.float().T
+                logits[:, PAD] = float("-inf")
+                losses[i] = nn.functional.cross_entropy(logits, targets)
+                accuracy[i] = (logits.argmax(-1) == targets).float().mean()
+            present[i] = True
+        labelled = masks.fields[:, -1]
+        if labelled.any():
+            logits = self.label(hidden[labelled, denoiser.label_token]).float()
+            target = batch.label[labelled].long()
+            losses[-1] = nn.functional.cross_entropy(logits, target)
+            accuracy[-1] = (logits.argmax(-1) == target).float().mean()
+            present[-1] = True
+        return FieldLosses(losses, accuracy, present)
+
+    @staticmethod
+    def _set_loss(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Multi-label BCE over the vocabulary (padding excluded); accuracy: top-1 is in the set."""
+        logits = (query.float() @ table.float().T)[:, PAD + 1:]
+        target = torch.zeros_like(logits)
+        rows = torch.arange(len(items)).unsqueeze(1).expand_as(items)
+        valid = items != PAD
+        target[rows[valid], items[valid] - 1] = 1.0
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        hit = target.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+        return loss, hit.mean()
+
+    def label_logit(self, hidden: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+        """CTR logit [B] from the label token: logit(click) − logit(no click)."""
+        logits = self.label(hidden[:, denoiser.label_token]).float()
+        return logits[:, 1] - logits[:, 0]

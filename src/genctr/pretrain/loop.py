@@ -1,0 +1,212 @@
+"""`genctr pretrain CONFIG`: generative pre-training, logged per field, saved as a run folder.
+
+The folder holds config.yaml, encoder.json, pretrain.pt (the GenerativeNet weights),
+history.jsonl (per epoch: seconds, per-field loss, accuracy and weight), trajectory.jsonl (the
+per-field weights and losses every `log_every` steps), fields.md (the summary table: field,
+kind, vocabulary size, final loss, accuracy, weight) and field_weights.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+from pydantic import Field
+from torch import nn
+
+from genctr.config import DataConfig
+from genctr.data.batches import iterate_batches
+from genctr.data.encode import FeatureEncoder
+from genctr.data.store import EncodedDataset, prepare
+from genctr.errors import DataError
+from genctr.nn.embedding import FieldInfo, field_infos
+from genctr.pretrain.balance import BalancerOptions
+from genctr.pretrain.corruption import CorruptionOptions
+from genctr.pretrain.denoiser import DenoiserOptions
+from genctr.pretrain.heads import HeadOptions
+from genctr.pretrain.network import GenerativeNet
+from genctr.schema import Strict, parse_model, read_yaml
+from genctr.train import seed_everything
+
+CONFIG_FILE = "config.yaml"
+ENCODER_FILE = "encoder.json"
+WEIGHTS_FILE = "pretrain.pt"
+HISTORY_FILE = "history.jsonl"
+TRAJECTORY_FILE = "trajectory.jsonl"
+
+
+class PretrainOptions(Strict):
+    denoiser: DenoiserOptions = Field(default_factory=DenoiserOptions)
+    corruption: CorruptionOptions = Field(default_factory=CorruptionOptions)
+    heads: HeadOptions = Field(default_factory=HeadOptions)
+    balancer: BalancerOptions = Field(default_factory=BalancerOptions)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    grad_clip: float | None = Field(10.0, gt=0)
+    seed: int = 2024
+    bf16: bool = False
+    threads: int | None = Field(None, ge=1)
+    log_every: int = Field(20, ge=1, description="steps between trajectory records")
+
+
+class PretrainConfig(Strict):
+    name: str | None = None
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainOptions = Field(default_factory=PretrainOptions)
+    output_dir: str = "runs"
+
+    def run_name(self) -> str:
+        return self.name or f"{self.data.source}-pretrain-{self.pretrain.balancer.name}-seed{self.pretrain.seed}"
+
+
+def load_pretrain_config(path: str | Path) -> PretrainConfig:
+    return parse_model(PretrainConfig, read_yaml(path), str(path))
+
+
+def build_network(fields: list[FieldInfo], options: PretrainOptions) -> GenerativeNet:
+    seed_everything(options.seed)
+    return GenerativeNet(fields, options.denoiser, options.heads, options.balancer, options.corruption)
+
+
+def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
+                 dataset: EncodedDataset | None = None, log: Callable[[str], None] = print
+                 ) -> tuple[Path, GenerativeNet, list[dict]]:
+    """Pre-train on the train split; returns the folder, the network and the epoch history."""
+    options = config.pretrain
+    folder = Path(folder or Path(config.output_dir) / config.run_name())
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    dataset.encoder.save(folder / ENCODER_FILE)
+    torch.set_num_threads(options.threads or os.cpu_count() or 1)
+    net = build_network(field_infos(dataset.encoder), options)
+    s_params = [net.balancer.log_difficulty] if net.balancer.log_difficulty is not None else []
+    others = [p for p in net.parameters() if all(p is not s for s in s_params)]
+    optimizer = torch.optim.Adam([{"params": others, "lr": options.learning_rate},
+                                  {"params": s_params, "lr": options.balancer.s_learning_rate}])
+    names = net.field_names()
+    generator = torch.Generator().manual_seed(options.seed)
+    history, step = [], 0
+    train = dataset.splits["train"]
+    for epoch in range(options.epochs):
+        net.train()
+        sums = {"loss": np.zeros(len(names)), "accuracy": np.zeros(len(names)), "count": np.zeros(len(names))}
+        started = time.perf_counter()
+        for batch in iterate_batches(train, options.batch_size, shuffle=True, seed=options.seed * 7919 + epoch):
+            masks = net.masks(batch, generator)
+            with torch.autocast("cpu", torch.bfloat16, enabled=options.bf16):
+                loss, weights, field_losses = net.losses(batch, masks)
+            if not torch.isfinite(loss):
+                raise DataError(f"pre-training loss became {loss.item()} in epoch {epoch}, step {step}; "
+                                "lower pretrain.learning_rate")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if options.grad_clip is not None:
+                nn.utils.clip_grad_norm_(others, options.grad_clip)
+            optimizer.step()
+            present = field_losses.present.numpy()
+            sums["loss"][present] += field_losses.losses.detach().numpy()[present]
+            sums["accuracy"][present] += field_losses.accuracy.numpy()[present]
+            sums["count"][present] += 1
+            if step % options.log_every == 0:
+                _append(folder / TRAJECTORY_FILE, {
+                    "step": step, "epoch": epoch, "loss": float(loss.detach()),
+                    "field_loss": _by_name(names, field_losses.losses.detach().numpy(), present),
+                    "weight": _by_name(names, current_weights(net, weights)),
+                })
+            step += 1
+        seconds = time.perf_counter() - started
+        count = np.maximum(sums["count"], 1)
+        record = {"epoch": epoch, "epoch_seconds": seconds, "samples_per_s": len(train) / seconds,
+                  "field_loss": _by_name(names, sums["loss"] / count),
+                  "field_accuracy": _by_name(names, sums["accuracy"] / count),
+                  "weight": _by_name(names, current_weights(net, weights)),
+                  "log_difficulty": _by_name(names, difficulty_values(net))}
+        history.append(record)
+        _append(folder / HISTORY_FILE, record)
+        log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
+            f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
+    torch.save(net.state_dict(), folder / WEIGHTS_FILE)
+    write_field_summary(folder, net, dataset.encoder, history)
+    return folder, net, history
+
+
+def current_weights(net: GenerativeNet, last_weights: torch.Tensor) -> np.ndarray:
+    """Each field's current loss weight: exp(−s_f) (self_balancing), F·softmax(s) (proportional,
+    over the fields of the last batch) or 1 (uniform)."""
+    s = net.balancer.log_difficulty
+    if s is None:
+        return np.ones(len(net.field_names()))
+    if net.balancer.options.name == "self_balancing":
+        weights = torch.exp(-s.detach()).numpy()
+        if net.balancer.options.label == "fixed":
+            weights[-1] = 1.0
+        return weights
+    return last_weights.numpy()
+
+
+def difficulty_values(net: GenerativeNet) -> np.ndarray:
+    s = net.balancer.log_difficulty
+    return np.zeros(len(net.field_names())) if s is None else s.detach().numpy()
+
+
+def _by_name(names: list[str], values: np.ndarray, present: np.ndarray | None = None) -> dict:
+    return {n: float(v) for i, (n, v) in enumerate(zip(names, values)) if present is None or present[i]}
+
+
+def _append(path: Path, record: dict) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def write_field_summary(folder: Path, net: GenerativeNet, encoder: FeatureEncoder,
+                        history: list[dict]) -> None:
+    """fields.md + fields.json: per field kind, vocabulary, final loss/accuracy/weight; and the
+    PNG of the weight and loss trajectories."""
+    from genctr.plots import plot_field_trajectories
+
+    final = history[-1]
+    rows = []
+    for info in net.fields:
+        rows.append({"field": info.name, "kind": info.kind.value, "vocabulary": info.vocab_size,
+                     "head": net.heads.kind(info)})
+    rows.append({"field": "label", "kind": "label", "vocabulary": 2, "head": "softmax"})
+    for row in rows:
+        name = row["field"]
+        row |= {"final_loss": final["field_loss"].get(name), "final_accuracy": final["field_accuracy"].get(name),
+                "final_weight": final["weight"].get(name), "log_difficulty": final["log_difficulty"].get(name)}
+    (folder / "fields.json").write_text(json.dumps(rows, indent=1))
+    lines = [f"# Pre-training fields ({net.balancer.options.name})", "",
+             "| field | kind | vocabulary | head | final loss | final accuracy | final weight | s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"| {r['field']} | {r['kind']} | {r['vocabulary']:,} | {r['head']} | "
+                     f"{fmt(r['final_loss'])} | {fmt(r['final_accuracy'])} | {fmt(r['final_weight'])} | "
+                     f"{fmt(r['log_difficulty'])} |")
+    (folder / "fields.md").write_text("\n".join(lines) + "\n")
+    trajectory = [json.loads(line) for line in (folder / TRAJECTORY_FILE).read_text().splitlines()]
+    plot_field_trajectories(trajectory, folder / "field_weights.png",
+                            f"{net.balancer.options.name}: per-field weight and loss")
+
+
+def load_pretrained(folder: str | Path) -> tuple[PretrainConfig, FeatureEncoder, GenerativeNet]:
+    """A finished pre-training run: its config, encoder and network (weights loaded)."""
+    folder = Path(folder)
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise DataError(f"{folder}: not a finished pre-training run (no {WEIGHTS_FILE})")
+    config = PretrainConfig.model_validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
+    encoder = FeatureEncoder.load(folder / ENCODER_FILE)
+    net = build_network(field_infos(encoder), config.pretrain)
+    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+    return config, encoder, net

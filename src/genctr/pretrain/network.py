@@ -1,0 +1,40 @@
+"""The pre-training network: corruption, denoiser, heads and balancer composed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genctr.data.batches import Batch
+from genctr.nn.embedding import FieldInfo
+from genctr.pretrain.balance import Balancer, BalancerOptions
+from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
+from genctr.pretrain.denoiser import Denoiser, DenoiserOptions
+from genctr.pretrain.heads import FieldHeads, FieldLosses, HeadOptions
+from genctr.schema import FieldKind
+
+
+class GenerativeNet(nn.Module):
+    def __init__(self, fields: list[FieldInfo], denoiser: DenoiserOptions, heads: HeadOptions,
+                 balancer: BalancerOptions, corruption: CorruptionOptions) -> None:
+        super().__init__()
+        self.fields = fields
+        self.denoiser = Denoiser(fields, denoiser)
+        self.heads = FieldHeads(fields, denoiser.d_model, heads)
+        self.balancer = Balancer(balancer, len(fields) + 1)
+        sequence_index = {f.name: i for i, f in enumerate(fields) if f.kind is FieldKind.sequence}
+        self.corruption = Corruption(corruption, len(fields), sequence_index)
+
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields] + ["label"]
+
+    def masks(self, batch: Batch, generator: torch.Generator | None = None) -> Masks:
+        present = {name: batch.tokens[name] != 0 for name in self.denoiser.sequences}
+        return self.corruption.sample(len(batch), present, generator)
+
+    def losses(self, batch: Batch, masks: Masks) -> tuple[torch.Tensor, torch.Tensor, FieldLosses]:
+        """(scalar loss, per-field weights, per-field losses) of one corrupted batch."""
+        hidden = self.denoiser(batch, masks, log_difficulty=self.balancer.difficulty())
+        field_losses = self.heads(hidden, batch, masks, self.denoiser)
+        loss, weights = self.balancer(field_losses.losses, field_losses.present)
+        return loss, weights, field_losses

@@ -1,0 +1,224 @@
+"""HeteGenCTR pre-training: balancers, corruption, heads, guided attention, transfer, round trips."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from genctr.cli import app
+from genctr.config import DataConfig, RunConfig
+from genctr.data.batches import batch_of
+from genctr.errors import ConfigError
+from genctr.nn.embedding import field_infos
+from genctr.pretrain.balance import Balancer, BalancerOptions
+from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
+from genctr.pretrain.denoiser import DenoiserOptions, GuidedSelfAttention
+from genctr.pretrain.heads import HeadOptions, cosine_softmax_loss
+from genctr.pretrain.loop import PretrainConfig, build_network, load_pretrained, pretrain_run
+from genctr.runs import load_run, train_run
+from genctr.train import predict_split
+
+SMALL = {"rows": 3000, "users": 200, "items": 150, "seed": 7}  # the rows of small_synthetic
+DATA = DataConfig(source="synthetic", cache_dir=None, options=SMALL)
+
+
+def fit_balancer(name: str, losses: list[float], steps: int = 3000, **options) -> Balancer:
+    balancer = Balancer(BalancerOptions(name=name, **options), len(losses))
+    optimizer = torch.optim.Adam(balancer.parameters(), lr=0.02)
+    fixed = torch.tensor(losses)
+    for _ in range(steps):
+        loss, _ = balancer(fixed, torch.ones(len(losses), dtype=torch.bool))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return balancer
+
+
+def test_self_balancing_s_converges_to_log_of_twice_the_loss():
+    losses = [0.05, 0.7, 3.0, 9.0]
+    balancer = fit_balancer("self_balancing", losses)
+    np.testing.assert_allclose(balancer.log_difficulty.detach().numpy(), np.log(2 * np.array(losses)), atol=1e-2)
+    _, weights = balancer(torch.tensor(losses), torch.ones(4, dtype=torch.bool))
+    np.testing.assert_allclose(weights.numpy(), 1 / (2 * np.array(losses)), rtol=2e-2)  # hard fields: small
+
+
+def test_proportional_direction_gives_hard_fields_more_weight():
+    losses = [0.05, 0.7, 3.0, 9.0]
+    balancer = fit_balancer("proportional", losses)
+    np.testing.assert_allclose(balancer.log_difficulty.detach().numpy(), np.log(losses), atol=1e-2)
+    _, weights = balancer(torch.tensor(losses), torch.ones(4, dtype=torch.bool))
+    expected = 4 * np.array(losses) / np.sum(losses)
+    np.testing.assert_allclose(weights.numpy(), expected, rtol=2e-2)
+    assert weights.sum().item() == pytest.approx(4.0)
+
+
+def test_absent_fields_contribute_nothing_and_uniform_is_the_plain_sum():
+    losses = torch.tensor([1.0, 2.0, 4.0])
+    present = torch.tensor([True, False, True])
+    uniform, _ = Balancer(BalancerOptions(name="uniform"), 3)(losses, present)
+    assert uniform.item() == pytest.approx(5.0)
+    balancing = Balancer(BalancerOptions(name="self_balancing"), 3)
+    loss, _ = balancing(losses, present)
+    loss.backward()
+    assert balancing.log_difficulty.grad[1].item() == 0.0
+    assert loss.item() == pytest.approx(5.0)  # s = 0: uniform
+
+
+def test_attention_only_ablation_fits_s_but_keeps_the_loss_uniform():
+    balancer = fit_balancer("self_balancing", [0.5, 2.0], apply_weights=False)
+    np.testing.assert_allclose(balancer.log_difficulty.detach().numpy(), np.log([1.0, 4.0]), atol=1e-2)
+    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    loss, weights = balancer(losses, torch.ones(2, dtype=torch.bool))
+    loss.backward()
+    np.testing.assert_allclose(losses.grad.numpy(), [1.0, 1.0])
+
+
+def test_fixed_label_weight_is_one():
+    balancer = fit_balancer("self_balancing", [0.5, 2.0, 0.3], label="fixed")
+    losses = torch.tensor([0.5, 2.0, 0.3], requires_grad=True)
+    loss, weights = balancer(losses, torch.ones(3, dtype=torch.bool))
+    loss.backward()
+    assert losses.grad[-1].item() == pytest.approx(1.0) and weights[-1].item() == 1.0
+
+
+def test_corruption_masks_at_least_one_field_and_follows_the_schedule():
+    corruption = Corruption(CorruptionOptions(), num_fields=6, sequence_index={"hist": 5})
+    valid = torch.zeros(20000, 8, dtype=torch.bool)
+    valid[:, :3] = True
+    masks = corruption.sample(20000, {"hist": valid}, torch.Generator().manual_seed(0))
+    assert masks.fields.any(dim=1).all()
+    assert not (masks.positions["hist"] & ~valid).any()  # padding is never masked
+    assert torch.equal(masks.fields[:, 5], masks.positions["hist"].any(dim=1))
+    single = masks.fields[:, [0, 1, 2, 3, 4, 6]]  # one token each: masked with E[λ(t)] = 1/2
+    assert single.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    cosine = Corruption(CorruptionOptions(schedule="cosine"), 6, {})
+    assert cosine.rate(torch.tensor([0.5])).item() == pytest.approx(1 - math.cos(math.pi / 4))
+    label_only = Corruption(CorruptionOptions(label_only_rate=1.0), 6, {"hist": 5})
+    masks = label_only.sample(100, {"hist": valid[:100]})
+    assert masks.fields[:, -1].all() and not masks.fields[:, :-1].any()
+    assert not masks.positions["hist"].any()
+
+
+def test_sampled_softmax_equals_full_softmax_when_negatives_are_the_vocabulary():
+    torch.manual_seed(0)
+    query, table = torch.randn(64, 16), torch.randn(50, 16)
+    targets = torch.randint(0, 50, (64,))
+    sampled, _ = cosine_softmax_loss(query, table, targets, torch.arange(50), temperature=0.1)
+    logits = torch.nn.functional.normalize(query, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T / 0.1
+    full = torch.nn.functional.cross_entropy(logits, targets)
+    assert sampled.item() == pytest.approx(full.item(), rel=1e-5)
+    in_batch, _ = cosine_softmax_loss(query, table, targets, torch.unique(targets), temperature=0.1)
+    assert in_batch.item() < full.item()  # fewer negatives: an easier (different) objective
+
+
+@pytest.mark.parametrize("side", ["query", "key"])
+def test_guided_attention_scales_the_chosen_side_per_token(side):
+    torch.manual_seed(0)
+    attention = GuidedSelfAttention(DenoiserOptions(d_model=8, heads=2, guidance=side))
+    x, scale = torch.randn(3, 5, 8), torch.tensor([1.0, 0.5, 2.0, 1.0, 0.25])
+    q, k, v = attention.qkv(x).view(3, 5, 3, 2, 4).permute(2, 0, 3, 1, 4)
+    if side == "query":
+        q = q * scale.view(1, 1, 5, 1)
+    else:
+        k = k * scale.view(1, 1, 5, 1)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)  # sqrt(head_dim 4)
+    expected = attention.out((weights @ v).transpose(1, 2).reshape(3, 5, 8))
+    torch.testing.assert_close(attention(x, scale), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(attention(x, scale), attention(x, None))
+    scaled_query_rows = attention(x, torch.where(torch.arange(5) == 2, 2.0, 1.0))
+    if side == "query":  # a query scale changes only that token's own output
+        torch.testing.assert_close(scaled_query_rows[:, [0, 1, 3, 4]], attention(x, None)[:, [0, 1, 3, 4]])
+
+
+def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
+    net = build_network(field_infos(small_synthetic.encoder), PretrainConfig().pretrain)
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 64))
+    masks = net.masks(batch, torch.Generator().manual_seed(1))
+    user = [f.name for f in net.fields].index("user_id")
+    hidden = torch.randn(64, net.denoiser.num_tokens, net.denoiser.options.d_model)
+    before = net.heads(hidden, batch, masks, net.denoiser)
+    changed = batch_of(small_synthetic.splits["train"], slice(0, 64))
+    visible = ~masks.fields[:, user]
+    changed.tokens["user_id"][visible] = 2  # other targets where user_id is not masked
+    after = net.heads(hidden, changed, masks, net.denoiser)
+    assert after.losses[user].item() == pytest.approx(before.losses[user].item())
+    changed.tokens["user_id"][~visible] = 2  # where it is masked: the loss moves
+    assert net.heads(hidden, changed, masks, net.denoiser).losses[user].item() != pytest.approx(before.losses[user].item())
+    nothing = Masks.label_only(64, len(net.fields), net.denoiser.sequences)
+    only_label = net.heads(hidden, batch, nothing, net.denoiser)
+    assert only_label.present.tolist() == [False] * len(net.fields) + [True]
+    assert only_label.losses[:-1].abs().sum().item() == 0.0
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pretrain") / "run"
+    config = PretrainConfig(data=DATA, pretrain={"epochs": 1, "batch_size": 256, "log_every": 2,
+                                                 "corruption": {"label_only_rate": 0.3},
+                                                 "heads": {"sampled_above": 100}})
+    pretrain_run(config, folder, log=lambda line: None)
+    return folder
+
+
+def test_pretraining_run_logs_fields_and_round_trips(pretrained, small_synthetic):
+    assert {"fields.md", "fields.json", "field_weights.png", "history.jsonl", "trajectory.jsonl"} <= {
+        p.name for p in pretrained.iterdir()}
+    text = (pretrained / "fields.md").read_text()
+    assert "| user_id | id |" in text and "| label | label |" in text and "sampled" in text
+    _, _, first = load_pretrained(pretrained)
+    _, _, second = load_pretrained(pretrained)
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 128))
+    masks = first.masks(batch, torch.Generator().manual_seed(3))
+    first.eval(), second.eval()
+    with torch.no_grad():
+        a, _, la = first.losses(batch, masks)
+        b, _, lb = second.losses(batch, masks)
+    assert a.item() == b.item() and torch.equal(la.losses, lb.losses)
+    assert first.balancer.log_difficulty.abs().sum() > 0  # s moved from 0
+
+
+def test_full_transfer_fine_tunes_and_reloads_identically(pretrained, small_synthetic, tmp_path):
+    config = RunConfig(data=DATA, model={"name": "hetegen"}, init_from=str(pretrained),
+                       train={"batch_size": 256, "epochs": 2, "seed": 1, "progress": False})
+    run, _, metrics = train_run(config, tmp_path / "ft", dataset=small_synthetic, log=lambda line: None)
+    assert metrics["test"]["auc"] > 0.6
+    reloaded = load_run(tmp_path / "ft")
+    assert reloaded.config.model["embedding_dim"] == 32 and reloaded.config.init_from == str(pretrained)
+    test = small_synthetic.splits["test"]
+    np.testing.assert_array_equal(predict_split(run.model, test), predict_split(reloaded.model, test))
+    everything = torch.ones(len(test), len(test.tokens), dtype=torch.bool)  # `drop` works too
+    assert np.ptp(predict_split(reloaded.model, test, drop=everything)) < 1e-5
+
+
+def test_embedding_transfer_copies_tables_and_can_freeze_them(pretrained, small_synthetic, tmp_path):
+    _, _, net = load_pretrained(pretrained)
+    config = RunConfig(data=DATA, model={"name": "dcnv2", "embedding_dim": 32, "hidden_units": [16]},
+                       init_from=str(pretrained), freeze_embeddings=True,
+                       train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False})
+    run, _, _ = train_run(config, tmp_path / "emb", dataset=small_synthetic, log=lambda line: None)
+    for name, table in run.model.embedding.tables.items():
+        assert torch.equal(table.weight, net.denoiser.embedding.tables[name].weight)  # frozen
+    wrong = config.model_copy(update={"model": {"name": "dnn", "embedding_dim": 10}})
+    with pytest.raises(ConfigError, match="embedding_dim"):
+        train_run(wrong, tmp_path / "wrong", dataset=small_synthetic, log=lambda line: None)
+    conflict = config.model_copy(update={"model": {"name": "hetegen", "layers": 5}})
+    with pytest.raises(ConfigError, match="model.layers"):
+        train_run(conflict, tmp_path / "conflict", dataset=small_synthetic, log=lambda line: None)
+
+
+def test_cli_pretrain_then_train_init_from(tmp_path):
+    import yaml
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump({
+        "data": DATA.model_dump(), "pretrain": {"epochs": 1, "batch_size": 512}, "output_dir": str(tmp_path)}))
+    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({
+        "data": DATA.model_dump(), "model": {"name": "hetegen"},
+        "train": {"epochs": 1, "batch_size": 512, "progress": False}, "output_dir": str(tmp_path)}))
+    runner = CliRunner()
+    first = runner.invoke(app, ["pretrain", str(tmp_path / "pre.yaml"), "--output", str(tmp_path / "pre")])
+    assert first.exit_code == 0, first.output
+    assert "label" in first.output and "final weight" in first.output
+    second = runner.invoke(app, ["train", str(tmp_path / "ft.yaml"), "--init-from", str(tmp_path / "pre")])
+    assert second.exit_code == 0, second.output
+    assert "initialised from" in second.output
