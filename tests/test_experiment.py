@@ -85,3 +85,37 @@ def test_inference_matrix_records_each_strategy_once_and_reports(tmp_path):
     text = (tmp_path / "bench" / "RESULTS.md").read_text()
     assert "## synthetic-small: test-time inference" in text and "| uttsi@1.5 | uttsi | 1,2 |" in text
     assert (tmp_path / "bench" / "plots" / "synthetic-small-testtime-gain.png").is_file()
+
+
+def test_pretrain_then_finetune_matrix(tmp_path):
+    experiment = {**EXPERIMENT, "seeds": [1],
+                  "models": {"dnn": {"hidden_units": [16]},
+                             "hetegen": {"embedding_dim": 16, "heads": 2, "layers": 1},
+                             "dnn-emb": {"name": "dnn", "embedding_dim": 16, "hidden_units": [16]}},
+                  "pretrain": {"uniform": {"epochs": 1, "batch_size": 512, "balancer": {"name": "uniform"},
+                                           "denoiser": {"d_model": 16, "heads": 2, "layers": 1, "guidance": "none"}},
+                               "self_balancing": {"epochs": 1, "batch_size": 512,
+                                                  "denoiser": {"d_model": 16, "heads": 2, "layers": 1}}},
+                  "finetune": {"hetegen": {"pretrain": ["uniform", "self_balancing"]},
+                               "dnn-emb": {"pretrain": ["self_balancing"], "freeze_embeddings": True}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
+    first = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    records = [json.loads(x) for x in (tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()]
+    cells = sorted((r["model"], r["pretrain"]) for r in records)
+    assert cells == [("dnn", "none"), ("dnn-emb", "self_balancing"), ("hetegen", "self_balancing"),
+                     ("hetegen", "uniform")]
+    for r in records:
+        assert (r["pretrain"] == "none") == ("pretrain_epoch_seconds" not in r)
+        assert r.get("pretrain_epoch_seconds", 1) > 0 and 0.5 < r["test_auc"] < 1
+    assert (tmp_path / "runs/tiny/synthetic-small/pretrain-self_balancing/seed1/fields.md").is_file()
+    again = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert again.returncode == 0 and "pre-train" not in again.stdout
+    assert len((tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()) == 4
+
+
+def test_finetune_must_name_a_known_pretraining(tmp_path):
+    bad = {**EXPERIMENT, "finetune": {"dnn": {"pretrain": ["nope"]}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(bad))
+    result = genctr("run", "exp.yaml", cwd=tmp_path)
+    assert result.returncode == 2 and "no pre-training 'nope'" in result.stdout

@@ -17,17 +17,26 @@ from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from pydantic import Field, field_validator
+import numpy as np
+from pydantic import Field, field_validator, model_validator
 
 from genctr.config import DataConfig, RunConfig
 from genctr.data.store import prepare
 from genctr.errors import GenctrError
 from genctr.models import model_options
+from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions
 from genctr.provenance import git_commit, machine, now_iso
 from genctr.schema import Strict, parse_model, read_yaml
 from genctr.testtime.inference import InferenceOptions
 from genctr.runs import METRICS_FILE
 from genctr.train import BEST_WEIGHTS, TrainConfig
+
+
+class FinetuneSpec(Strict):
+    """A model of the matrix fine-tuned from pre-training runs: one cell per label."""
+
+    pretrain: list[str]
+    freeze_embeddings: bool = False
 
 
 class ExperimentConfig(Strict):
@@ -44,6 +53,11 @@ class ExperimentConfig(Strict):
         default_factory=dict, description="variant name -> inference options (genctr.testtime); "
         "`paths` and `budget` may be lists, one record per value")
     latency: bool = Field(True, description="time p50/p99 latency of each inference strategy")
+    pretrain: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="pre-training label -> pretrain options (genctr pretrain; "
+        "the seed is the cell's)")
+    finetune: dict[str, FinetuneSpec] = Field(
+        default_factory=dict, description="model label -> the pre-trainings it is fine-tuned from")
 
     @field_validator("models")
     @classmethod
@@ -61,20 +75,48 @@ class ExperimentConfig(Strict):
                 parse_model(InferenceOptions, expanded, f"inference.{variant}")
         return entries
 
+    @field_validator("pretrain")
+    @classmethod
+    def _valid_pretrain(cls, entries: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for label, options in entries.items():
+            parse_model(PretrainOptions, options, f"pretrain.{label}")
+        return entries
+
+    @model_validator(mode="after")
+    def _finetune_refers_to_known_names(self) -> "ExperimentConfig":
+        for model, spec in self.finetune.items():
+            if model not in self.models:
+                raise ValueError(f"finetune.{model}: no such model in `models`")
+            for label in spec.pretrain:
+                if label not in self.pretrain:
+                    raise ValueError(f"finetune.{model}: no pre-training '{label}' in `pretrain`")
+        return self
+
     def inference_cells(self) -> list[tuple[str, InferenceOptions]]:
         """(variant, options) for every inference entry and every listed paths/budget value."""
         return [(variant, InferenceOptions.model_validate(expanded))
                 for variant, options in self.inference.items() for expanded in _expand(options)]
 
-    def cells(self) -> list[tuple[str, str, int]]:
-        return [(t, m, s) for t in self.tasks for m in self.models for s in self.seeds]
+    def cells(self) -> list[tuple[str, str, int, str]]:
+        """(task, model, seed, pre-training label or 'none')."""
+        return [(t, m, s, p) for t in self.tasks for m in self.models for s in self.seeds
+                for p in (self.finetune[m].pretrain if m in self.finetune else ["none"])]
 
-    def run_config(self, task: str, model: str, seed: int) -> RunConfig:
+    def pretrain_config(self, task: str, label: str, seed: int) -> PretrainConfig:
+        options = self.pretrain[label] | {"seed": seed}
+        return PretrainConfig(name=f"{self.name}/{task}/pretrain-{label}/seed{seed}",
+                              data=self.tasks[task], pretrain=options, output_dir=self.output_dir)
+
+    def run_config(self, task: str, model: str, seed: int, pretrain: str = "none") -> RunConfig:
         train = self.train.model_dump() | self.model_train.get(model, {}) | {"seed": seed,
                                                                             "progress": False}
-        return RunConfig(name=f"{self.name}/{task}/{model}/seed{seed}", data=self.tasks[task],
-                         model=self.models[model], train=TrainConfig.model_validate(train),
-                         output_dir=self.output_dir)
+        tuned = pretrain != "none"
+        init_from = str(Path(self.output_dir) / self.pretrain_config(task, pretrain, seed).run_name()) if tuned else None
+        return RunConfig(name=f"{self.name}/{task}/{model}{'+' + pretrain if tuned else ''}/seed{seed}",
+                         data=self.tasks[task], model=self.models[model],
+                         train=TrainConfig.model_validate(train), output_dir=self.output_dir,
+                         init_from=init_from,
+                         freeze_embeddings=tuned and self.finetune[model].freeze_embeddings)
 
 
 def _expand(options: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,11 +132,11 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     return parse_model(ExperimentConfig, read_yaml(path), str(path))
 
 
-def recorded_cells(results: Path, experiment: str) -> set[tuple[str, str, int]]:
+def recorded_cells(results: Path, experiment: str) -> set[tuple[str, str, int, str]]:
     if not results.is_file():
         return set()
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["model"], r["seed"]) for r in records
+    return {(r["task"], r["model"], r["seed"], r.get("pretrain", "none")) for r in records
             if r.get("experiment") == experiment and "variant" not in r}
 
 
@@ -102,15 +144,26 @@ def recorded_inference(results: Path, experiment: str) -> set[tuple[str, str, in
     if not results.is_file():
         return set()
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["model"], r["seed"], r["inference"], r["variant"]) for r in records
-            if r.get("experiment") == experiment and "variant" in r}
+    return {(r["task"], r["model"], r["seed"], r.get("pretrain", "none"), r["inference"], r["variant"])
+            for r in records if r.get("experiment") == experiment and "variant" in r}
+
+
+def pretrain_epoch_seconds(config: RunConfig) -> float | None:
+    """Median seconds of a pre-training epoch of the run the config fine-tunes from."""
+    if not config.init_from:
+        return None
+    history = Path(config.init_from) / "history.jsonl"
+    seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
+    return float(np.median(seconds))
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
-               experiment: str, run_dir: Path, commit: str) -> dict[str, Any]:
+               experiment: str, run_dir: Path, commit: str, pretrain: str = "none") -> dict[str, Any]:
     test, training = metrics["test"], metrics["training"]
+    extra = {} if pretrain == "none" else {"pretrain_epoch_seconds": pretrain_epoch_seconds(config),
+                                           "pretrain_run": config.init_from}
     return {
-        "task": task, "model": model, "pretrain": "none", "inference": "plain", "seed": seed,
+        "task": task, "model": model, "pretrain": pretrain, **extra, "inference": "plain", "seed": seed,
         "test_auc": test["auc"], "test_logloss": test["logloss"], "test_gauc": test.get("gauc"),
         "valid_auc": metrics["valid"]["auc"], "segments": test["segments"],
         "calibration": {"predicted_over_observed": test["predicted_over_observed"],
@@ -124,13 +177,15 @@ def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dic
     }
 
 
-def inference_record(task: str, model: str, seed: int, variant: str, result: dict[str, Any],
-                     options: InferenceOptions, experiment: str, run_dir: Path, commit: str
-                     ) -> dict[str, Any]:
+def inference_record(task: str, model: str, seed: int, pretrain: str, variant: str,
+                     result: dict[str, Any], options: InferenceOptions, experiment: str,
+                     run_dir: Path, commit: str) -> dict[str, Any]:
     test, valid = result["test"], result["valid"]
     latency = result.get("latency", {})
+    config = experiment_run_config(run_dir)
+    extra = {} if pretrain == "none" else {"pretrain_epoch_seconds": pretrain_epoch_seconds(config)}
     return {
-        "task": task, "model": model, "pretrain": "none", "inference": result["inference"],
+        "task": task, "model": model, "pretrain": pretrain, **extra, "inference": result["inference"],
         "variant": variant, "strategy": result["strategy"], "seed": seed, "test_auc": test["auc"],
         "test_logloss": test["logloss"],
         "test_gauc": test.get("gauc"), "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
@@ -145,15 +200,20 @@ def inference_record(task: str, model: str, seed: int, variant: str, result: dic
     }
 
 
-def run_inference_cells(experiment: ExperimentConfig, task: str, model: str, seed: int,
+def experiment_run_config(run_dir: Path) -> RunConfig:
+    return RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+
+
+def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int, str],
                         run_dir: Path, done: set, datasets: dict, log: Callable[[str], None],
                         commit: str) -> int:
     """Evaluate every inference variant not yet recorded on one cell's saved run."""
     from genctr.runs import load_run
     from genctr.testtime.evaluate import evaluate_inference
 
+    task, model, seed, pretrain = cell
     todo = [(v, o) for v, o in experiment.inference_cells()
-            if (task, model, seed, o.label(), v) not in done]
+            if (task, model, seed, pretrain, o.label(), v) not in done]
     if not todo:
         return 0
     run = load_run(run_dir)
@@ -162,8 +222,8 @@ def run_inference_cells(experiment: ExperimentConfig, task: str, model: str, see
     results = Path(experiment.results)
     for variant, options in todo:
         result = evaluate_inference(run, datasets[task], options, measure_latency=experiment.latency)
-        record = inference_record(task, model, seed, variant, result, options, experiment.name,
-                                  run_dir, commit)
+        record = inference_record(task, model, seed, pretrain, variant, result, options,
+                                  experiment.name, run_dir, commit)
         with results.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(f"  {task} {model} seed {seed} {record['inference']} ({variant}): test auc "
@@ -179,22 +239,42 @@ def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = pr
     inference_done = recorded_inference(results, experiment.name)
     commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     ran, datasets = 0, {}
-    for task, model, seed in experiment.cells():
-        config = experiment.run_config(task, model, seed)
+    for cell in experiment.cells():
+        task, model, seed, pretrain = cell
+        config = experiment.run_config(task, model, seed, pretrain)
         run_dir = Path(config.output_dir) / config.run_name()
         finished = (run_dir / BEST_WEIGHTS).is_file() and (run_dir / METRICS_FILE).is_file()
-        if (task, model, seed) in done or (experiment.inference and finished):
-            log(f"skip training {task} {model} seed {seed}: already recorded or finished")
+        if cell in done or (experiment.inference and finished):
+            log(f"skip training {task} {model} seed {seed} ({pretrain}): already recorded or finished")
         else:
-            ran += _train_cell(experiment, task, model, seed, config, run_dir, results, commit, log)
+            if pretrain != "none":
+                _pretrain_cell(experiment, task, pretrain, seed, log)
+            ran += _train_cell(experiment, cell, config, run_dir, results, commit, log)
         if experiment.inference:
-            ran += run_inference_cells(experiment, task, model, seed, run_dir, inference_done,
-                                       datasets, log, commit)
+            ran += run_inference_cells(experiment, cell, run_dir, inference_done, datasets, log, commit)
     return ran
 
 
-def _train_cell(experiment: ExperimentConfig, task: str, model: str, seed: int, config: RunConfig,
+def _pretrain_cell(experiment: ExperimentConfig, task: str, label: str, seed: int,
+                   log: Callable[[str], None]) -> None:
+    """Run the pre-training a fine-tuning cell needs, unless it has finished already."""
+    config = experiment.pretrain_config(task, label, seed)
+    folder = Path(config.output_dir) / config.run_name()
+    if (folder / WEIGHTS_FILE).is_file():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    config_path = folder.parent / f"{folder.name}-pretrain.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    log(f"pre-train {task} {label} seed {seed} -> {folder}")
+    done = subprocess.run([sys.executable, "-m", "genctr", "pretrain", str(config_path), "--output",
+                           str(folder)], text=True)
+    if done.returncode != 0:
+        raise GenctrError(f"pre-training {task}/{label}/seed {seed} failed (exit {done.returncode})")
+
+
+def _train_cell(experiment: ExperimentConfig, cell: tuple[str, str, int, str], config: RunConfig,
                 run_dir: Path, results: Path, commit: str, log: Callable[[str], None]) -> int:
+    task, model, seed, pretrain = cell
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "experiment-cell.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
@@ -205,7 +285,7 @@ def _train_cell(experiment: ExperimentConfig, task: str, model: str, seed: int, 
     if finished.returncode != 0:
         raise GenctrError(f"cell {task}/{model}/seed {seed} failed (exit {finished.returncode})")
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
-    record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit)
+    record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit, pretrain)
     with results.open("a") as handle:
         handle.write(json.dumps(record) + "\n")
     log(f"  test auc {record['test_auc']:.5f} logloss {record['test_logloss']:.5f}")
