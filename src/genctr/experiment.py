@@ -33,7 +33,8 @@ from genctr.train import BEST_WEIGHTS, TrainConfig
 
 
 class FinetuneSpec(Strict):
-    """A model of the matrix fine-tuned from pre-training runs: one cell per label."""
+    """A model of the matrix fine-tuned from pre-training runs: one cell per label ('none':
+    the same model from scratch)."""
 
     pretrain: list[str]
     freeze_embeddings: bool = False
@@ -88,7 +89,7 @@ class ExperimentConfig(Strict):
             if model not in self.models:
                 raise ValueError(f"finetune.{model}: no such model in `models`")
             for label in spec.pretrain:
-                if label not in self.pretrain:
+                if label != "none" and label not in self.pretrain:
                     raise ValueError(f"finetune.{model}: no pre-training '{label}' in `pretrain`")
         return self
 
