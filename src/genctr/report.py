@@ -231,6 +231,66 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
+                     reference: str = "uniform") -> str:
+    """Pre-trained models against the scratch backbone and against the same model after
+    `reference` (uniform) pre-training, paired by seed; segment AUCs; pre-training time per
+    epoch relative to the reference; and the learned final per-field weights."""
+    tuned = [r for r in records if r.get("pretrain", "none") != "none"]
+    if not tuned:
+        return ""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(method_label(r), []).append(r)
+    by_seed = lambda label: {r["seed"]: r for r in groups.get(label, [])}  # noqa: E731
+    segment_names = sorted({s for r in records for s in (r.get("segments") or {})})
+    reference_seconds = {r["model"]: median(x["pretrain_epoch_seconds"] for x in groups[method_label(r)])
+                         for r in tuned if r["pretrain"] == reference}
+
+    def versus(rs: list[dict], base: dict[int, dict]) -> str:
+        pairs = [(r["test_auc"], base[r["seed"]]["test_auc"]) for r in rs if r["seed"] in base]
+        if not pairs or rs[0] is base.get(rs[0]["seed"]):
+            return ""
+        test = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
+        return f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
+
+    lines = [f"### {task}: pre-training", "",
+             f"Δ: test AUC minus the scratch backbone `{scratch}` and minus the same model after "
+             f"`{reference}` pre-training, paired by seed (t-test p). Pre-train s/epoch: median "
+             f"epoch seconds, × = relative to `{reference}`.", "",
+             f"| method | seeds | test AUC | logloss | Δ vs {scratch} | Δ vs {reference} | "
+             + " | ".join(segment_names) + " | pre-train s/epoch (×) |",
+             "|---|---|---|---|---|---|" + "---|" * len(segment_names) + "---|"]
+    for label, rs in groups.items():
+        model, pretrain = rs[0]["model"], rs[0].get("pretrain", "none")
+        same_reference = by_seed(f"{model} + {reference}")
+        seconds = ""
+        if pretrain != "none":
+            mine = median(r["pretrain_epoch_seconds"] for r in rs)
+            ratio = mine / reference_seconds[model] if model in reference_seconds else float("nan")
+            seconds = f"{mine:.1f} ({ratio:.2f}x)"
+        segments = [f"{np.mean([r['segments'][s]['auc'] for r in rs if s in r.get('segments', {})]):.4f}"
+                    for s in segment_names]
+        lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
+                     f"{_mean_std([r['test_auc'] for r in rs])} | {_mean_std([r['test_logloss'] for r in rs])} | "
+                     f"{versus(rs, by_seed(scratch))} | "
+                     f"{versus(rs, same_reference) if pretrain != reference else ''} | "
+                     + " | ".join(segments) + f" | {seconds} |")
+    weights: dict[str, dict[str, float]] = {}
+    for r in sorted(tuned, key=lambda r: r["seed"]):
+        fields = Path(r.get("pretrain_run") or "") / "fields.json"
+        if r["pretrain"] not in weights and fields.is_file():
+            weights[r["pretrain"]] = {row["field"]: row["final_weight"] for row in json.loads(fields.read_text())}
+    if weights:
+        names = list(next(iter(weights.values())))
+        lines += ["", "Final per-field loss weights of each pre-training (lowest seed; "
+                  "self_balancing: exp(−s_f), proportional: F·softmax(s), uniform: 1):", "",
+                  "| pre-training | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for label, row in weights.items():
+            lines.append(f"| {label} | " + " | ".join(f"{row.get(n, float('nan')):.3f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per method, the per-epoch history of its lowest-seed run, where that run folder exists."""
     histories = {}
@@ -257,6 +317,7 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
             evaluated = [r for r in records if "variant" in r]
             if trained:
                 sections.append(training_section(task, trained, folder / "plots"))
+                sections.append(pretrain_section(task, trained))
                 sections.append(peer_section(task, trained))
             if evaluated:
                 sections.append(testtime_section(task, evaluated, folder / "plots"))
