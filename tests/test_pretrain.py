@@ -140,6 +140,7 @@ def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
     hidden = torch.randn(64, net.denoiser.num_tokens, net.denoiser.options.d_model)
     before = net.heads(hidden, batch, masks, net.denoiser)
     changed = batch_of(small_synthetic.splits["train"], slice(0, 64))
+    changed.tokens["user_id"] = changed.tokens["user_id"].clone()  # a slice's tensors share the split's memory
     visible = ~masks.fields[:, user]
     changed.tokens["user_id"][visible] = 2  # other targets where user_id is not masked
     after = net.heads(hidden, changed, masks, net.denoiser)

@@ -136,30 +136,25 @@ class PathEnsemble(Inference):
     def passes_per_batch(self) -> int:
         return self.options.paths
 
-    def sample(self, batch: Batch, model: CTRModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """drop [M-1, B, F] for the extra paths, and their weights [M-1, B] (None = uniform)."""
+    def sample(self, batch: Batch, model: CTRModel) -> tuple[torch.Tensor, Confidence | None]:
+        """drop [M-1, B, F] for the extra paths, and the confidences that weight the paths
+        (None: uniform weights)."""
         raise NotImplementedError
 
     def predict(self, model, batch):
         model.eval()
         rows, fields = len(batch), model.embedding.num_fields
         plain = torch.zeros(1, rows, fields, dtype=torch.bool)
-        if self.options.paths == 1:
-            extra, weights = plain[:0], None
-        else:
-            extra, weights = self.sample(batch, model)
+        extra, conf = self.sample(batch, model) if self.options.paths > 1 else (plain[:0], None)
         drops = torch.cat([plain, extra])
         prob = torch.sigmoid(forward_paths(model, batch, drops, self.bf16))  # [M, B]
-        if weights is None:
+        if conf is None or self.options.aggregate == "uniform":
             weights = torch.ones_like(prob)
         else:
-            weights = torch.cat([self.plain_weight(batch, weights), weights])
+            weights = path_weights(conf, drops)
         aggregate = (weights * prob).sum(0) / weights.sum(0)
         mixed = self.options.mix * aggregate + (1 - self.options.mix) * prob[0]
         return mixed.numpy(), np.full(rows, float(self.options.paths))
-
-    def plain_weight(self, batch: Batch, weights: torch.Tensor) -> torch.Tensor:
-        return torch.ones(1, weights.shape[1])
 
 
 class MATT(PathEnsemble):
@@ -169,14 +164,7 @@ class MATT(PathEnsemble):
 
     def sample(self, batch, model):
         conf = self.confidence(batch)
-        drops = sample_confidence_paths(conf, self.index, self.options.paths - 1, self.generator)
-        self._plain_weight = path_weights(conf, torch.zeros_like(drops[:1]))
-        if self.options.aggregate == "uniform":
-            return drops, None
-        return drops, path_weights(conf, drops)
-
-    def plain_weight(self, batch, weights):
-        return self._plain_weight
+        return sample_confidence_paths(conf, self.index, self.options.paths - 1, self.generator), conf
 
 
 class RandomPaths(PathEnsemble):
@@ -203,14 +191,16 @@ class MCDropout(Inference):
         dropouts = [m for m in model.modules() if isinstance(m, (Dropout, torch.nn.Dropout))]
         if not dropouts:
             raise ConfigError("inference mcdropout: this model has no dropout layer")
-        torch.manual_seed(int(torch.randint(0, 2 ** 31, (1,), generator=self.generator)))
-        try:
-            for layer in dropouts:
-                layer.train()
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
-                logits = model(tile_batch(batch, self.options.paths - 1)).float()
-        finally:
-            model.eval()
+        seed = int(torch.randint(0, 2 ** 31, (1,), generator=self.generator))
+        with torch.random.fork_rng():  # dropout draws from the global RNG: leave it untouched
+            torch.manual_seed(seed)
+            try:
+                for layer in dropouts:
+                    layer.train()
+                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
+                    logits = model(tile_batch(batch, self.options.paths - 1)).float()
+            finally:
+                model.eval()
         sampled = torch.sigmoid(logits.view(self.options.paths - 1, len(batch)))
         prob = torch.cat([plain.unsqueeze(0), sampled]).mean(0)
         mixed = self.options.mix * prob + (1 - self.options.mix) * plain
