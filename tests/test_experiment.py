@@ -119,3 +119,23 @@ def test_finetune_must_name_a_known_pretraining(tmp_path):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(bad))
     result = genctr("run", "exp.yaml", cwd=tmp_path)
     assert result.returncode == 2 and "no pre-training 'nope'" in result.stdout
+
+
+def test_commit_is_dirty_only_for_code_changes(tmp_path):
+    from genctr.provenance import git_commit
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "task.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert len(clean) == 12 and not clean.endswith("+dirty")
+    (tmp_path / "benchmarks" / "results" / "task.jsonl").write_text("{}\n{}\n")  # a record appended
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+dirty"

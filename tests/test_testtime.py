@@ -235,3 +235,20 @@ def test_cli_evaluate_with_inference(trained):
     assert "uttsi@1.5" in result.output and "valid 1.5" in result.output
     bad = CliRunner().invoke(app, ["evaluate", str(trained.folder), "--inference", "matt", "-o", "mixx=1"])
     assert bad.exit_code != 0 and "unknown key 'mixx'" in str(bad.exception)
+
+
+def test_per_combination_reference_compares_a_field_with_itself(small_synthetic):
+    from genctr.testtime.confidence import ConfidenceOptions, confidence
+    infos = field_infos(small_synthetic.encoder)
+    index = FrequencyIndex.build(small_synthetic.splits["train"], infos, IndexOptions())
+    tokens = tokens_of(small_synthetic.splits["test"], fields=index.names)
+    pooled = confidence(index, tokens, ConfidenceOptions())
+    own = confidence(index, tokens, ConfidenceOptions(per="combination"))
+    user, gender = index.names.index("user_id"), index.names.index("gender")
+    median_user = np.interp(0.5, np.linspace(0, 1, 101), index.combination_quantiles[1][user])
+    counts = index.frequencies(tokens)[1][:, user]
+    expected = np.minimum(np.log1p(counts) / np.log1p(median_user), 1.0)
+    position = index.field_positions()
+    np.testing.assert_allclose(own.fields[:, position[user]], expected, rtol=1e-5)
+    assert own.fields[:, position[user]].mean() > pooled.fields[:, position[user]].mean()  # ids are rare overall
+    assert np.all(own.orders[1][:, gender] > 0.9)

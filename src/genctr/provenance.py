@@ -9,13 +9,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+# benchmark outputs: records appended by a running benchmark do not make its code "dirty"
+NOT_CODE = (":(exclude,top)benchmarks/results", ":(exclude,top)benchmarks/plots",
+            ":(exclude,top)benchmarks/*.md")
+
+
 def git_commit(folder: str | Path = ".") -> str:
-    """The checked-out commit, with '+dirty' when tracked files have uncommitted changes."""
+    """The checked-out commit, with '+dirty' when tracked files other than benchmark outputs
+    (records, plots, rendered markdown) have uncommitted changes."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=folder,
                                 capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=folder, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *NOT_CODE], cwd=folder, capture_output=True, text=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -4,7 +4,9 @@ Default: c = min(1, log(1 + n) / log(1 + n_ref)), with n the estimated training 
 n_ref the median count of a training occurrence of that order (half of what the model saw at
 that order was at least this frequent). A value never seen in training has confidence 0; one
 at least as common as the reference has 1. The reference can be another quantile or an
-absolute count, and the scale linear instead of logarithmic.
+absolute count, taken per order (pooled over its combinations) or per combination (`per:
+combination`: a user id is compared with other user ids, not with genders), and the scale
+linear instead of logarithmic.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from genctr.testtime.index import QUANTILES, FrequencyIndex, Tokens
 
 class ConfidenceOptions(Strict):
     reference: Literal["quantile", "count"] = "quantile"
+    per: Literal["order", "combination"] = Field(
+        "order", description="quantile reference pooled over an order's combinations, or per combination")
     quantile: float = Field(0.5, ge=0, le=1, description="of training occurrences, per order")
     count: float = Field(100.0, gt=0, description="reference count when reference is 'count'")
     scale: Literal["log", "linear"] = "log"
@@ -43,21 +47,26 @@ class Confidence:
                           self.prior[rows])
 
 
-def reference_count(index: FrequencyIndex, order: int, options: ConfidenceOptions) -> float:
+def reference_count(index: FrequencyIndex, order: int, options: ConfidenceOptions) -> np.ndarray:
+    """The reference count n_ref of each of the order's combinations, float [C]."""
+    combinations = len(index.combos[order])
     if options.reference == "count":
-        return options.count
-    quantiles = index.reference_quantiles[order]
-    return float(np.interp(options.quantile, QUANTILES, quantiles))
+        return np.full(combinations, options.count)
+    if options.per == "combination":
+        table = index.combination_quantiles[order]  # [C, 101]
+        return np.array([np.interp(options.quantile, QUANTILES, row) for row in table])
+    return np.full(combinations, np.interp(options.quantile, QUANTILES, index.reference_quantiles[order]))
 
 
-def to_confidence(counts: np.ndarray, reference: float, scale: str) -> np.ndarray:
-    if reference <= 0:
-        return np.ones_like(counts, dtype=np.float32)
-    if scale == "log":
-        value = np.log1p(counts) / np.log1p(reference)
-    else:
-        value = counts / reference
-    return np.minimum(value, 1.0).astype(np.float32)
+def to_confidence(counts: np.ndarray, reference: np.ndarray, scale: str) -> np.ndarray:
+    """counts [N, C], reference [C] -> confidences in [0, 1]; a reference of 0 gives 1."""
+    reference = np.maximum(reference, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if scale == "log":
+            value = np.log1p(counts) / np.log1p(reference)
+        else:
+            value = counts / reference
+    return np.where(reference > 0, np.minimum(value, 1.0), 1.0).astype(np.float32)
 
 
 def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions) -> Confidence:

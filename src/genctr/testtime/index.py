@@ -90,7 +90,8 @@ class FrequencyIndex:
         self.rows = 0
         self.sample_keys: dict[int, np.ndarray] = {}  # order -> uint64 [S, C] of sampled rows
         self.sample_weights = np.zeros(0)  # training rows each sampled row stands for
-        self.reference_quantiles: dict[int, np.ndarray] = {}
+        self.reference_quantiles: dict[int, np.ndarray] = {}  # order -> [101] over all its combinations
+        self.combination_quantiles: dict[int, np.ndarray] = {}  # order -> [C, 101], one per combination
         self.build_seconds = 0.0
 
     # ------------------------------------------------------------------ building
@@ -130,12 +131,17 @@ class FrequencyIndex:
         return index
 
     def _fit_reference(self) -> None:
-        """Per order, quantiles of the estimated count of a random training occurrence."""
+        """Per order, quantiles of the estimated count of a random training occurrence: pooled
+        over the order's combinations, and per combination (e.g. per field at order 1)."""
         for order, keys in self.sample_keys.items():
             _, estimate, _ = self.count(order, keys.ravel())
+            estimate = estimate.reshape(keys.shape).astype(np.float64)
             weights = np.repeat(self.sample_weights, keys.shape[1])
             self.reference_quantiles[order] = np.quantile(
-                estimate.astype(np.float64), QUANTILES, weights=weights, method="inverted_cdf")
+                estimate.ravel(), QUANTILES, weights=weights, method="inverted_cdf")
+            self.combination_quantiles[order] = np.stack([
+                np.quantile(estimate[:, c], QUANTILES, weights=self.sample_weights, method="inverted_cdf")
+                for c in range(keys.shape[1])])
 
     def merge(self, other: "FrequencyIndex") -> "FrequencyIndex":
         """Add another shard's index (same fields and options): counters sum, and the
@@ -194,6 +200,7 @@ class FrequencyIndex:
                 arrays[f"o{order}_{name}"] = getattr(counter.heavy, name)
             arrays[f"o{order}_evicted"] = np.array([counter.heavy.evicted])
             arrays[f"o{order}_reference"] = self.reference_quantiles[order]
+            arrays[f"o{order}_combination_reference"] = self.combination_quantiles[order]
             arrays[f"o{order}_sample"] = self.sample_keys[order]
         arrays["sample_weights"] = self.sample_weights
         tmp = Path(path).with_suffix(".tmp.npz")
@@ -213,6 +220,7 @@ class FrequencyIndex:
                 setattr(counter.heavy, name, data[f"o{order}_{name}"].copy())
             counter.heavy.evicted = bool(data[f"o{order}_evicted"][0])
             index.reference_quantiles[order] = data[f"o{order}_reference"].copy()
+            index.combination_quantiles[order] = data[f"o{order}_combination_reference"].copy()
             index.sample_keys[order] = data[f"o{order}_sample"].copy()
         index.sample_weights = data["sample_weights"].copy()
         return index
