@@ -198,7 +198,7 @@ class FrequencyIndex:
             arrays[f"o{order}_total"] = np.array([counter.sketch.total])
             for name in ("keys", "counts", "prior_lower", "prior_upper"):
                 arrays[f"o{order}_{name}"] = getattr(counter.heavy, name)
-            arrays[f"o{order}_evicted"] = np.array([counter.heavy.evicted])
+            arrays[f"o{order}_overflowed"] = np.array([counter.heavy.overflowed])
             arrays[f"o{order}_reference"] = self.reference_quantiles[order]
             arrays[f"o{order}_combination_reference"] = self.combination_quantiles[order]
             arrays[f"o{order}_sample"] = self.sample_keys[order]
@@ -218,7 +218,7 @@ class FrequencyIndex:
             counter.sketch.total = int(data[f"o{order}_total"][0])
             for name in ("keys", "counts", "prior_lower", "prior_upper"):
                 setattr(counter.heavy, name, data[f"o{order}_{name}"].copy())
-            counter.heavy.evicted = bool(data[f"o{order}_evicted"][0])
+            counter.heavy.overflowed = bool(data[f"o{order}_overflowed"][0])
             index.reference_quantiles[order] = data[f"o{order}_reference"].copy()
             index.combination_quantiles[order] = data[f"o{order}_combination_reference"].copy()
             index.sample_keys[order] = data[f"o{order}_sample"].copy()

@@ -1,10 +1,11 @@
 """Frequency counting in bounded memory: 64-bit keys, a count-min sketch, exact heavy hitters.
 
 Keys are 64-bit hashes of (combination id, token values), computed for whole columns at once
-(`combine`). Counts go to a count-min sketch (every key) and a table of heavy hitters (the K
-most frequent keys, counted exactly from the moment they enter the table). Together they give,
-for any key, an upper bound that always holds (also the point estimate) and a count-mean-min
-lower bound that holds with high probability; both are the exact count for a heavy hitter.
+(`combine`). Two levels: a table of heavy hitters (the K most frequent keys, counted exactly
+from the moment they enter it) above a count-min sketch that counts everything else. Together
+they give, for any key, an upper bound that always holds (also the point estimate) and a lower
+bound that holds with probability at least 1 − e^−depth; both are the exact count for a heavy
+hitter held from its first occurrence.
 """
 
 from __future__ import annotations
@@ -64,17 +65,25 @@ class CountMinSketch:
     def bounds(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lower, estimate, upper) int64 [N] from one lookup of the keys' counters.
 
-        upper (also the point estimate): the smallest counter, never below the true count.
-        lower: count-mean-min, each row's counter minus that row's expected collision noise
-        (N - counter)/(width - 1), the median over rows, clipped to [0, upper]. It is a
-        probabilistic bound: on skewed streams the mean noise overstates a typical counter's,
-        so it rarely exceeds the true count (tests/test_testtime.py measures how rarely).
+        upper (also the estimate): the smallest counter, never below the true count. lower:
+        upper − ⌈e·N/width⌉, below the true count with probability at least 1 − e^−depth.
         """
+        upper = self.table[np.arange(self.depth)[:, None], self._columns(keys)].min(axis=0)
+        lower = np.maximum(upper - self.error_bound(), 0)
+        return lower, upper.copy(), upper
+
+    def count_mean_min(self, keys: np.ndarray) -> np.ndarray:
+        """Count-mean-min: each row's counter minus that row's expected collision noise
+        (N − counter)/(width − 1), the median over rows, clipped at 0. Measured, not used as a
+        bound: with the heavy hitters outside the sketch it exceeds the true count for about a
+        third of the keys of a narrow sketch (benchmarks/SKETCH.md)."""
         counters = self.table[np.arange(self.depth)[:, None], self._columns(keys)]
-        upper = counters.min(axis=0)
         noise = (self.total - counters) / (self.width - 1)
-        lower = np.rint(np.median(counters - noise, axis=0)).astype(np.int64)
-        return np.clip(lower, 0, upper), upper, upper
+        return np.maximum(np.rint(np.median(counters - noise, axis=0)), 0).astype(np.int64)
+
+    def error_bound(self) -> int:
+        """ε·N with ε = e/width: the overcount exceeds it with probability <= e^-depth."""
+        return math.ceil(math.e * self.total / self.width)
 
     def merge(self, other: "CountMinSketch") -> None:
         if (other.depth, other.width, other.seed) != (self.depth, self.width, self.seed):
@@ -90,9 +99,11 @@ class CountMinSketch:
 class HeavyHitters:
     """The K keys with the largest counts, counted exactly from the moment they entered.
 
-    A key entering after the first chunk carries the sketch's bounds for what it had before
-    (`prior_lower`, `prior_upper`), so its bounds stay valid; a key present from the first
-    chunk on (the usual heavy hitter) has lower == upper == its exact count.
+    A key counted here is not counted in the sketch, so the sketch only carries the tail's mass
+    (and with it far less collision noise). A key entering after the first chunk keeps the
+    sketch's bounds for what it had before (`prior_lower`, `prior_upper`: those occurrences stay
+    in the sketch); a key held from its first occurrence on has lower == upper == its exact
+    count. A key that leaves the table hands its exact count to the sketch.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -101,7 +112,7 @@ class HeavyHitters:
         self.counts = np.zeros(0, dtype=np.int64)
         self.prior_lower = np.zeros(0, dtype=np.int64)
         self.prior_upper = np.zeros(0, dtype=np.int64)
-        self.evicted = False  # False: the table holds every key seen, so a missing key has count 0
+        self.overflowed = False  # False: the table holds every key seen, the sketch is empty
 
     def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(found bool [N], position int [N]) of keys in the table."""
@@ -110,25 +121,34 @@ class HeavyHitters:
         found = (self.keys[position] == keys) if len(self.keys) else np.zeros(len(keys), bool)
         return found, position
 
-    def update(self, keys: np.ndarray, counts: np.ndarray, sketch: CountMinSketch) -> None:
-        """Add a chunk's unique keys and counts; call before adding the chunk to `sketch`."""
+    def update(self, keys: np.ndarray, counts: np.ndarray, sketch: CountMinSketch
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Count a chunk's unique keys; returns the (keys, counts) that go to the sketch: the
+        chunk's keys left out of the table and the exact counts of keys it evicted."""
         found, position = self.find(keys)
         self.counts[position[found]] += counts[found]
         new = ~found
-        new_keys = keys[new]
-        lower, _, upper = sketch.bounds(new_keys)
-        all_keys = np.concatenate([self.keys, new_keys])
-        all_counts = np.concatenate([self.counts, counts[new]])
-        all_lower = np.concatenate([self.prior_lower, lower])
-        all_upper = np.concatenate([self.prior_upper, upper])
-        if len(all_keys) > self.capacity:
-            keep = np.argpartition(-(all_counts + all_lower), self.capacity - 1)[: self.capacity]
-            self.evicted = True
+        lower, _, upper = sketch.bounds(keys[new])
+        return self._keep_top(np.concatenate([self.keys, keys[new]]),
+                              np.concatenate([self.counts, counts[new]]),
+                              np.concatenate([self.prior_lower, lower]),
+                              np.concatenate([self.prior_upper, upper]))
+
+    def _keep_top(self, keys: np.ndarray, counts: np.ndarray, lower: np.ndarray,
+                  upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Hold the `capacity` keys with the largest lower-bound totals; return the rest's
+        (keys, exact counts) for the sketch."""
+        if len(keys) > self.capacity:
+            keep = np.argpartition(-(counts + lower), self.capacity - 1)[: self.capacity]
+            dropped = np.ones(len(keys), dtype=bool)
+            dropped[keep] = False
+            self.overflowed = True
         else:
-            keep = np.arange(len(all_keys))
-        order = keep[np.argsort(all_keys[keep])]
-        self.keys, self.counts = all_keys[order], all_counts[order]
-        self.prior_lower, self.prior_upper = all_lower[order], all_upper[order]
+            keep, dropped = np.arange(len(keys)), np.zeros(len(keys), dtype=bool)
+        order = keep[np.argsort(keys[keep])]
+        self.keys, self.counts = keys[order], counts[order]
+        self.prior_lower, self.prior_upper = lower[order], upper[order]
+        return keys[dropped], counts[dropped]
 
     @property
     def nbytes(self) -> int:
@@ -136,7 +156,7 @@ class HeavyHitters:
 
 
 class FrequencyCounter:
-    """One order's counter: sketch + heavy hitters, with bounds and a point estimate per key."""
+    """One order's counter: exact heavy hitters over a count-min sketch of the tail."""
 
     def __init__(self, depth: int, width: int, heavy_hitters: int, seed: int = 0) -> None:
         self.sketch = CountMinSketch(depth, width, seed)
@@ -145,52 +165,45 @@ class FrequencyCounter:
     def add(self, keys: np.ndarray) -> None:
         """Count a chunk of keys (one per occurrence)."""
         unique, counts = np.unique(keys, return_counts=True)
-        counts = counts.astype(np.int64)
-        self.heavy.update(unique, counts, self.sketch)
-        self.sketch.add(unique, counts)
+        self.sketch.add(*self.heavy.update(unique, counts.astype(np.int64), self.sketch))
 
     def bounds(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lower, estimate, upper) int64 [N]."""
         lower, estimate, upper = self.sketch.bounds(keys)
         found, position = self.heavy.find(keys)
-        if not self.heavy.evicted:  # the table holds every key seen: the rest were never seen
+        if not self.heavy.overflowed:  # the table holds every key seen: the rest were never seen
             lower[~found], estimate[~found], upper[~found] = 0, 0, 0
-        if found.any():
+        if found.any():  # exact since admission + what the sketch holds of the time before
             at = position[found]
             exact = self.heavy.counts[at]
-            lower[found] = np.maximum(lower[found], exact + self.heavy.prior_lower[at])
-            upper[found] = np.minimum(upper[found], exact + self.heavy.prior_upper[at])
+            prior_upper = np.minimum(self.heavy.prior_upper[at], upper[found])
+            prior_lower = np.minimum(self.heavy.prior_lower[at], prior_upper)
+            lower[found], upper[found] = exact + prior_lower, exact + prior_upper
             estimate[found] = upper[found]
-        return np.minimum(lower, upper), estimate, upper
+        return lower, estimate, upper
 
     def merge(self, other: "FrequencyCounter") -> None:
-        """Sum another shard's counts: the sketch merges exactly; heavy-hitter tables merge into
-        valid bounds (exact where both shards hold the key, or a shard never saw it)."""
-        mine, theirs = self.heavy, other.heavy
-        union = np.union1d(mine.keys, theirs.keys)
-        parts = []
-        for table, sketch in ((mine, self.sketch), (theirs, other.sketch)):
+        """Sum another shard's counts: the sketches add up exactly; the heavy-hitter tables merge
+        into one (exact where each shard held the key or never saw it), and the keys that do
+        not fit hand their exact counts to the merged sketch."""
+        union = np.union1d(self.heavy.keys, other.heavy.keys)
+        count = np.zeros(len(union), np.int64)
+        lower, upper = np.zeros(len(union), np.int64), np.zeros(len(union), np.int64)
+        for table, sketch in ((self.heavy, self.sketch), (other.heavy, other.sketch)):
             found, position = table.find(union)
             at = position[found]
-            count = np.zeros(len(union), np.int64)
-            if table.evicted:  # a key the shard does not hold: what its sketch says
-                lower, _, upper = sketch.bounds(union)
-            else:  # the shard never saw it
-                lower, upper = np.zeros(len(union), np.int64), np.zeros(len(union), np.int64)
-            count[found] = table.counts[at]
-            lower[found], upper[found] = table.prior_lower[at], table.prior_upper[at]
-            parts.append((count, lower, upper))
-        count = parts[0][0] + parts[1][0]
-        lower, upper = parts[0][1] + parts[1][1], parts[0][2] + parts[1][2]
+            if table.overflowed:  # a key the shard does not hold: all of it is in its sketch
+                shard_lower, _, shard_upper = sketch.bounds(union)
+            else:
+                shard_lower, shard_upper = np.zeros(len(union), np.int64), np.zeros(len(union), np.int64)
+            shard_lower[found], shard_upper[found] = table.prior_lower[at], table.prior_upper[at]
+            count[found] += table.counts[at]
+            lower += shard_lower
+            upper += shard_upper
         self.sketch.merge(other.sketch)
-        capacity = max(mine.capacity, theirs.capacity)
-        keep = (np.argpartition(-(count + lower), capacity - 1)[:capacity]
-                if len(union) > capacity else np.arange(len(union)))
-        keep.sort()
-        mine.evicted = mine.evicted or theirs.evicted or len(union) > capacity
-        mine.capacity = capacity
-        mine.keys, mine.counts = union[keep], count[keep]
-        mine.prior_lower, mine.prior_upper = lower[keep], upper[keep]
+        self.heavy.capacity = max(self.heavy.capacity, other.heavy.capacity)
+        self.heavy.overflowed = self.heavy.overflowed or other.heavy.overflowed
+        self.sketch.add(*self.heavy._keep_top(union, count, lower, upper))
 
     @property
     def nbytes(self) -> int:
