@@ -267,3 +267,20 @@ def test_per_combination_reference_compares_a_field_with_itself(small_synthetic)
     np.testing.assert_allclose(own.fields[:, position[user]], expected, rtol=1e-5)
     assert own.fields[:, position[user]].mean() > pooled.fields[:, position[user]].mean()  # ids are rare overall
     assert np.all(own.orders[1][:, gender] > 0.9)
+
+
+def test_run_index_rebuilds_a_file_of_another_format_or_options(small_synthetic, trained):
+    import json as json_module
+    from genctr.testtime.index import INDEX_FILE
+    path = trained.folder / INDEX_FILE
+    index = run_index(trained, small_synthetic, IndexOptions())
+    assert FrequencyIndex.saved_with(path, IndexOptions())
+    assert not FrequencyIndex.saved_with(path, IndexOptions(width=2 ** 10))
+    arrays = dict(np.load(path))
+    meta = json_module.loads(bytes(arrays["meta"]).decode()) | {"format": 1}
+    arrays["meta"] = np.frombuffer(json_module.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)  # as an older version of the code would have left it
+    assert not FrequencyIndex.saved_with(path, IndexOptions())
+    rebuilt = run_index(trained, small_synthetic, IndexOptions())
+    assert FrequencyIndex.saved_with(path, IndexOptions())
+    np.testing.assert_array_equal(rebuilt.reference_quantiles[1], index.reference_quantiles[1])

@@ -133,38 +133,34 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     return parse_model(ExperimentConfig, read_yaml(path), str(path))
 
 
-def recorded_cells(results: Path, experiment: str) -> set[tuple[str, str, int, str]]:
+def recorded(results: Path, experiment: str) -> tuple[set[tuple], set[tuple]]:
+    """The experiment's recorded training cells (task, model, seed, pretrain) and inference
+    cells (the same + inference, variant), from one read of the results file."""
     if not results.is_file():
-        return set()
+        return set(), set()
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["model"], r["seed"], r.get("pretrain", "none")) for r in records
-            if r.get("experiment") == experiment and "variant" not in r}
+    ours = [r for r in records if r.get("experiment") == experiment]
+    cell = lambda r: (r["task"], r["model"], r["seed"], r.get("pretrain", "none"))  # noqa: E731
+    return ({cell(r) for r in ours if "variant" not in r},
+            {cell(r) + (r["inference"], r["variant"]) for r in ours if "variant" in r})
 
 
-def recorded_inference(results: Path, experiment: str) -> set[tuple[str, str, int, str, str]]:
-    if not results.is_file():
-        return set()
-    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    return {(r["task"], r["model"], r["seed"], r.get("pretrain", "none"), r["inference"], r["variant"])
-            for r in records if r.get("experiment") == experiment and "variant" in r}
-
-
-def pretrain_epoch_seconds(config: RunConfig) -> float | None:
-    """Median seconds of a pre-training epoch of the run the config fine-tunes from."""
+def pretrain_fields(config: RunConfig) -> dict[str, Any]:
+    """The record keys of a fine-tuned run: its pre-training run and that run's median epoch
+    seconds (nothing for a run trained from scratch)."""
     if not config.init_from:
-        return None
+        return {}
     history = Path(config.init_from) / "history.jsonl"
     seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
-    return float(np.median(seconds))
+    return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from}
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
                experiment: str, run_dir: Path, commit: str, pretrain: str = "none") -> dict[str, Any]:
     test, training = metrics["test"], metrics["training"]
-    extra = {} if pretrain == "none" else {"pretrain_epoch_seconds": pretrain_epoch_seconds(config),
-                                           "pretrain_run": config.init_from}
     return {
-        "task": task, "model": model, "pretrain": pretrain, **extra, "inference": "plain", "seed": seed,
+        "task": task, "model": model, "pretrain": pretrain, **pretrain_fields(config),
+        "inference": "plain", "seed": seed,
         "test_auc": test["auc"], "test_logloss": test["logloss"], "test_gauc": test.get("gauc"),
         "valid_auc": metrics["valid"]["auc"], "segments": test["segments"],
         "calibration": {"predicted_over_observed": test["predicted_over_observed"],
@@ -180,13 +176,11 @@ def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dic
 
 def inference_record(task: str, model: str, seed: int, pretrain: str, variant: str,
                      result: dict[str, Any], options: InferenceOptions, experiment: str,
-                     run_dir: Path, commit: str) -> dict[str, Any]:
+                     run_dir: Path, commit: str, pretrained: dict[str, Any]) -> dict[str, Any]:
     test, valid = result["test"], result["valid"]
     latency = result.get("latency", {})
-    config = experiment_run_config(run_dir)
-    extra = {} if pretrain == "none" else {"pretrain_epoch_seconds": pretrain_epoch_seconds(config)}
     return {
-        "task": task, "model": model, "pretrain": pretrain, **extra, "inference": result["inference"],
+        "task": task, "model": model, "pretrain": pretrain, **pretrained, "inference": result["inference"],
         "variant": variant, "strategy": result["strategy"], "seed": seed, "test_auc": test["auc"],
         "test_logloss": test["logloss"],
         "test_gauc": test.get("gauc"), "valid_auc": valid["auc"], "valid_logloss": valid["logloss"],
@@ -199,10 +193,6 @@ def inference_record(task: str, model: str, seed: int, pretrain: str, variant: s
         "options": options.model_dump(mode="json"), "experiment": experiment, "run_dir": str(run_dir),
         "commit": commit, "machine": machine(), "finished_at": now_iso(),
     }
-
-
-def experiment_run_config(run_dir: Path) -> RunConfig:
-    return RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
 
 
 def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int, str],
@@ -221,10 +211,11 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
     if task not in datasets:
         datasets[task] = prepare(run.config.data.make_source(), run.config.data.cache_dir)
     results = Path(experiment.results)
+    pretrained = pretrain_fields(run.config)
     for variant, options in todo:
         result = evaluate_inference(run, datasets[task], options, measure_latency=experiment.latency)
         record = inference_record(task, model, seed, pretrain, variant, result, options,
-                                  experiment.name, run_dir, commit)
+                                  experiment.name, run_dir, commit, pretrained)
         with results.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(f"  {task} {model} seed {seed} {record['inference']} ({variant}): test auc "
@@ -236,8 +227,7 @@ def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = pr
     """Train every cell not yet in the results file; returns how many cells ran."""
     results = Path(experiment.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = recorded_cells(results, experiment.name)
-    inference_done = recorded_inference(results, experiment.name)
+    done, inference_done = recorded(results, experiment.name)
     commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     ran, datasets = 0, {}
     for cell in experiment.cells():

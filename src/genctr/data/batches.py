@@ -24,6 +24,12 @@ class Batch:
     def __len__(self) -> int:
         return int(self.label.shape[0])
 
+    def take(self, rows: torch.Tensor) -> "Batch":
+        """The given rows (int64 [R], repeats allowed), in that order."""
+        pick = lambda d: {k: v[rows] for k, v in d.items()}  # noqa: E731
+        return Batch(pick(self.tokens), pick(self.values), self.label[rows],
+                     None if self.group is None else self.group[rows])
+
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
         return Batch(move(self.tokens), move(self.values), self.label.to(device),

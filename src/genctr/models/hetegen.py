@@ -22,8 +22,6 @@ from genctr.nn.embedding import FieldEmbedding
 from genctr.pretrain.corruption import Masks
 from genctr.pretrain.denoiser import Denoiser, DenoiserOptions
 
-DENOISER_KEYS = ("embedding_dim", "layers", "heads", "ffn_multiple", "attention", "guidance",
-                 "guidance_detach")
 
 
 class HeteGenOptions(ModelOptions):
@@ -53,7 +51,7 @@ class HeteGenOptions(ModelOptions):
 
     @staticmethod
     def from_denoiser(options: DenoiserOptions) -> dict:
-        """This model's keys for a pre-trained denoiser's options."""
+        """This model's keys for a pre-trained denoiser's options (its architecture keys)."""
         return {"embedding_dim": options.d_model, "layers": options.layers, "heads": options.heads,
                 "ffn_multiple": options.ffn_multiple, "attention": options.attention,
                 "guidance": options.guidance, "guidance_detach": options.guidance_detach}

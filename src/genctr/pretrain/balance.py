@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -34,6 +35,7 @@ class Balancer(nn.Module):
     def __init__(self, options: BalancerOptions, num_tokens: int) -> None:
         super().__init__()
         self.options = options
+        self.size = num_tokens
         learned = options.name != "uniform"
         self.log_difficulty = nn.Parameter(torch.zeros(num_tokens)) if learned else None
 
@@ -67,6 +69,23 @@ class Balancer(nn.Module):
             loss = (weighted * present_f).sum() + fit.sum()
             shown = weights * present_f
         return loss, shown.detach()
+
+    def field_weights(self, last_weights: torch.Tensor) -> np.ndarray:
+        """Each field's current loss weight, for logging: exp(−s_f) (self_balancing; the label
+        1 when fixed), F·softmax(s) over the last batch's fields (proportional), or 1 (uniform)."""
+        if self.log_difficulty is None:
+            return np.ones(len(last_weights))
+        if self.options.name == "self_balancing":
+            weights = torch.exp(-self.log_difficulty.detach()).numpy()
+            if self.options.label == "fixed":
+                weights[-1] = 1.0
+            return weights
+        return last_weights.numpy()
+
+    def log_difficulties(self) -> np.ndarray:
+        """s [F + 1] (zeros for uniform), for logging."""
+        s = self.log_difficulty
+        return np.zeros(self.size) if s is None else s.detach().numpy()
 
     def difficulty(self) -> torch.Tensor | None:
         """s [F + 1] for the attention guidance (None for uniform)."""

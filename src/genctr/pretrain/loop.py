@@ -122,7 +122,7 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
                 _append(folder / TRAJECTORY_FILE, {
                     "step": step, "epoch": epoch, "loss": float(loss.detach()),
                     "field_loss": _by_name(names, field_losses.losses.detach().numpy(), present),
-                    "weight": _by_name(names, current_weights(net, weights)),
+                    "weight": _by_name(names, net.balancer.field_weights(weights)),
                 })
             step += 1
         seconds = time.perf_counter() - started
@@ -130,34 +130,15 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
         record = {"epoch": epoch, "epoch_seconds": seconds, "samples_per_s": len(train) / seconds,
                   "field_loss": _by_name(names, sums["loss"] / count),
                   "field_accuracy": _by_name(names, sums["accuracy"] / count),
-                  "weight": _by_name(names, current_weights(net, weights)),
-                  "log_difficulty": _by_name(names, difficulty_values(net))}
+                  "weight": _by_name(names, net.balancer.field_weights(weights)),
+                  "log_difficulty": _by_name(names, net.balancer.log_difficulties())}
         history.append(record)
         _append(folder / HISTORY_FILE, record)
         log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
     torch.save(net.state_dict(), folder / WEIGHTS_FILE)
-    write_field_summary(folder, net, dataset.encoder, history)
+    write_field_summary(folder, net, history)
     return folder, net, history
-
-
-def current_weights(net: GenerativeNet, last_weights: torch.Tensor) -> np.ndarray:
-    """Each field's current loss weight: exp(−s_f) (self_balancing), F·softmax(s) (proportional,
-    over the fields of the last batch) or 1 (uniform)."""
-    s = net.balancer.log_difficulty
-    if s is None:
-        return np.ones(len(net.field_names()))
-    if net.balancer.options.name == "self_balancing":
-        weights = torch.exp(-s.detach()).numpy()
-        if net.balancer.options.label == "fixed":
-            weights[-1] = 1.0
-        return weights
-    return last_weights.numpy()
-
-
-def difficulty_values(net: GenerativeNet) -> np.ndarray:
-    s = net.balancer.log_difficulty
-    return np.zeros(len(net.field_names())) if s is None else s.detach().numpy()
 
 
 def _by_name(names: list[str], values: np.ndarray, present: np.ndarray | None = None) -> dict:
@@ -169,8 +150,7 @@ def _append(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def write_field_summary(folder: Path, net: GenerativeNet, encoder: FeatureEncoder,
-                        history: list[dict]) -> None:
+def write_field_summary(folder: Path, net: GenerativeNet, history: list[dict]) -> None:
     """fields.md + fields.json: per field kind, vocabulary, final loss/accuracy/weight; and the
     PNG of the weight and loss trajectories."""
     from genctr.plots import plot_field_trajectories

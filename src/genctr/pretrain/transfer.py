@@ -11,7 +11,7 @@ import torch
 from genctr.data.encode import FeatureEncoder
 from genctr.errors import ConfigError
 from genctr.models.base import CTRModel
-from genctr.models.hetegen import DENOISER_KEYS, HeteGen, HeteGenOptions
+from genctr.models.hetegen import HeteGen, HeteGenOptions
 from genctr.nn.embedding import field_infos
 from genctr.pretrain.loop import load_pretrained
 
@@ -23,7 +23,7 @@ def pretrained_model_options(model: dict[str, Any], folder: str | Path) -> dict[
         return model
     config, _, _ = load_pretrained(folder)
     pretrained = HeteGenOptions.from_denoiser(config.pretrain.denoiser)
-    for key in DENOISER_KEYS:
+    for key in pretrained:
         if key in model and model[key] != pretrained[key]:
             raise ConfigError(f"model.{key} is {model[key]!r} but the pre-training run {folder} "
                               f"used {pretrained[key]!r}; leave it out to take the run's")

@@ -33,10 +33,8 @@ def run_index(run: Run, dataset: EncodedDataset, options: IndexOptions) -> Frequ
     default = options == IndexOptions()
     digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:10]
     path = run.folder / (INDEX_FILE if default else f"frequency_index-{digest}.npz")
-    if path.is_file():
-        index = FrequencyIndex.load(path, fields)
-        if index.options == options:
-            return index
+    if path.is_file() and FrequencyIndex.saved_with(path, options):
+        return FrequencyIndex.load(path, fields)
     index = FrequencyIndex.build(dataset.splits["train"], fields, options)
     index.save(path)
     return index
@@ -90,6 +88,7 @@ def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOpti
                        splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True
                        ) -> dict[str, Any]:
     """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency)."""
+    run.model.eval()
     own_neutral = run.model.embedding.neutral_mode
     set_neutral_mode(run.model, options.neutral or own_neutral)
     index = run_index(run, dataset, options.index) if STRATEGIES[options.strategy].uses_index else None

@@ -25,6 +25,7 @@ from genctr.schema import FieldKind, Strict
 from genctr.testtime.sketch import FrequencyCounter, combine
 
 INDEX_FILE = "frequency_index.npz"
+INDEX_FORMAT = 2  # 2: heavy hitters kept out of the sketch; files of another format are rebuilt
 QUANTILES = np.linspace(0, 1, 101)
 
 
@@ -178,9 +179,8 @@ class FrequencyIndex:
 
     def pair_members(self, order: int) -> np.ndarray:
         """int [C, order]: positions (among indexed fields) of each combination's members."""
-        names = [f.name for f in self.fields]
         combos = self.combos[order]
-        return np.array([[names.index(n) for n in c] for c in combos], dtype=np.int64).reshape(
+        return np.array([[self.names.index(n) for n in c] for c in combos], dtype=np.int64).reshape(
             len(combos), order)
 
     @property
@@ -190,7 +190,7 @@ class FrequencyIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
         arrays = {"meta": np.frombuffer(json.dumps({
-            "options": self.options.model_dump(), "fields": [f.name for f in self.fields],
+            "format": INDEX_FORMAT, "options": self.options.model_dump(), "fields": [f.name for f in self.fields],
             "all_fields": self.all_fields, "rows": self.rows,
             "build_seconds": self.build_seconds}).encode(), dtype=np.uint8)}
         for order, counter in self.counters.items():
@@ -206,6 +206,12 @@ class FrequencyIndex:
         tmp = Path(path).with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)
+
+    @staticmethod
+    def saved_with(path: str | Path, options: IndexOptions) -> bool:
+        """Whether the file holds an index of this format built with these options."""
+        meta = json.loads(bytes(np.load(path)["meta"]).decode())
+        return meta.get("format") == INDEX_FORMAT and IndexOptions.model_validate(meta["options"]) == options
 
     @classmethod
     def load(cls, path: str | Path, fields: list[FieldInfo]) -> "FrequencyIndex":

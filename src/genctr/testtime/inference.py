@@ -31,8 +31,8 @@ from genctr.nn.embedding import NeutralMode
 from genctr.schema import Strict
 from genctr.testtime.confidence import Confidence, ConfidenceOptions, confidence
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
-from genctr.testtime.paths import (forward_paths, path_weights, sample_confidence_paths,
-                                   sample_random_paths, tile_batch)
+from genctr.testtime.paths import (path_weights, sample_confidence_paths, sample_random_paths,
+                                   tile_batch)
 
 Strategy = Literal["plain", "temperature", "matt", "random", "mcdropout", "uttsi"]
 
@@ -98,9 +98,16 @@ class Inference:
         """Learn what the strategy needs from the validation split (nothing, for most)."""
 
     def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
-        model.eval()
+        """One forward pass; the caller has put the model in eval mode (MC-dropout turns its
+        dropout layers back on)."""
         with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
             return model(batch, drop).float()
+
+    def path_logits(self, model: CTRModel, batch: Batch, drops: torch.Tensor) -> torch.Tensor:
+        """logits [M, B] of the M paths `drops` [M, B, F], in one forward over the tiled batch."""
+        paths, rows, fields = drops.shape
+        logits = self.logits(model, tile_batch(batch, paths), drops.reshape(paths * rows, fields))
+        return logits.view(paths, rows)
 
     def confidence(self, batch: Batch) -> Confidence:
         return confidence(self.index, tokens_of(batch, fields=self.index.names), self.options.confidence)
@@ -142,12 +149,11 @@ class PathEnsemble(Inference):
         raise NotImplementedError
 
     def predict(self, model, batch):
-        model.eval()
         rows, fields = len(batch), model.embedding.num_fields
         plain = torch.zeros(1, rows, fields, dtype=torch.bool)
         extra, conf = self.sample(batch, model) if self.options.paths > 1 else (plain[:0], None)
         drops = torch.cat([plain, extra])
-        prob = torch.sigmoid(forward_paths(model, batch, drops, self.bf16))  # [M, B]
+        prob = torch.sigmoid(self.path_logits(model, batch, drops))  # [M, B]
         if conf is None or self.options.aggregate == "uniform":
             weights = torch.ones_like(prob)
         else:
@@ -197,8 +203,7 @@ class MCDropout(Inference):
             try:
                 for layer in dropouts:
                     layer.train()
-                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
-                    logits = model(tile_batch(batch, self.options.paths - 1)).float()
+                logits = self.logits(model, tile_batch(batch, self.options.paths - 1))
             finally:
                 model.eval()
         sampled = torch.sigmoid(logits.view(self.options.paths - 1, len(batch)))

@@ -9,33 +9,13 @@ from __future__ import annotations
 import torch
 
 from genctr.data.batches import Batch
-from genctr.models.base import CTRModel
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.index import FrequencyIndex
 
 
 def tile_batch(batch: Batch, times: int) -> Batch:
     """The batch repeated `times` times along rows, path-major: rows [k*B, (k+1)*B) = copy k."""
-    def tile(t: torch.Tensor) -> torch.Tensor:
-        return t.repeat(times, *([1] * (t.dim() - 1)))
-    return Batch({k: tile(v) for k, v in batch.tokens.items()},
-                 {k: tile(v) for k, v in batch.values.items()}, tile(batch.label),
-                 None if batch.group is None else tile(batch.group))
-
-
-def rows_of(batch: Batch, rows: torch.Tensor) -> Batch:
-    """The given rows (int64 [R], repeats allowed) of a batch."""
-    return Batch({k: v[rows] for k, v in batch.tokens.items()},
-                 {k: v[rows] for k, v in batch.values.items()}, batch.label[rows],
-                 None if batch.group is None else batch.group[rows])
-
-
-def forward_paths(model: CTRModel, batch: Batch, drops: torch.Tensor, bf16: bool = False) -> torch.Tensor:
-    """logits [M, B] of the M paths `drops` [M, B, F], in one forward pass."""
-    paths, rows, fields = drops.shape
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-        logits = model(tile_batch(batch, paths), drops.reshape(paths * rows, fields))
-    return logits.float().view(paths, rows)
+    return batch.take(torch.arange(len(batch)).repeat(times))
 
 
 def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,

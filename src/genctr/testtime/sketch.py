@@ -129,12 +129,12 @@ class HeavyHitters:
         self.counts[position[found]] += counts[found]
         new = ~found
         lower, _, upper = sketch.bounds(keys[new])
-        return self._keep_top(np.concatenate([self.keys, keys[new]]),
+        return self.keep_top(np.concatenate([self.keys, keys[new]]),
                               np.concatenate([self.counts, counts[new]]),
                               np.concatenate([self.prior_lower, lower]),
                               np.concatenate([self.prior_upper, upper]))
 
-    def _keep_top(self, keys: np.ndarray, counts: np.ndarray, lower: np.ndarray,
+    def keep_top(self, keys: np.ndarray, counts: np.ndarray, lower: np.ndarray,
                   upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Hold the `capacity` keys with the largest lower-bound totals; return the rest's
         (keys, exact counts) for the sketch."""
@@ -203,7 +203,7 @@ class FrequencyCounter:
         self.sketch.merge(other.sketch)
         self.heavy.capacity = max(self.heavy.capacity, other.heavy.capacity)
         self.heavy.overflowed = self.heavy.overflowed or other.heavy.overflowed
-        self.sketch.add(*self.heavy._keep_top(union, count, lower, upper))
+        self.sketch.add(*self.heavy.keep_top(union, count, lower, upper))
 
     @property
     def nbytes(self) -> int:

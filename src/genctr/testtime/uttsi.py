@@ -20,7 +20,7 @@ import torch
 from genctr.data.batches import iterate_batches
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.inference import Inference
-from genctr.testtime.paths import rows_of, sample_confidence_paths
+from genctr.testtime.paths import sample_confidence_paths
 
 
 def extra_paths(uncertainty: np.ndarray, threshold: float, max_paths: int) -> np.ndarray:
@@ -94,7 +94,7 @@ class UTTSI(Inference):
         used = torch.from_numpy(np.arange(most)[:, None] < paths[None, :])  # [most, n]
         path_of, member = used.nonzero(as_tuple=True)
         rows = torch.from_numpy(explored)[member]
-        logits = self.logits(model, rows_of(batch, rows), drops[path_of, member])
+        logits = self.logits(model, batch.take(rows), drops[path_of, member])
         table = torch.full((len(explored), most + 1), float("nan"))
         table[:, 0] = first[explored]
         table[member, path_of + 1] = torch.sigmoid(logits)
