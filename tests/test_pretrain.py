@@ -153,6 +153,19 @@ def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
     assert only_label.losses[:-1].abs().sum().item() == 0.0
 
 
+def test_scoring_a_random_subset_of_occurrences_estimates_the_field_loss_without_bias(small_synthetic):
+    net = build_network(field_infos(small_synthetic.encoder), PretrainConfig().pretrain)
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 256))
+    masks = net.masks(batch, torch.Generator().manual_seed(1))
+    hidden = torch.randn(256, net.denoiser.num_tokens, net.denoiser.options.d_model)
+    full = net.heads(hidden, batch, masks, net.denoiser).losses
+    net.heads.options = net.heads.options.model_copy(update={"max_scored": 8})
+    torch.manual_seed(0)
+    draws = torch.stack([net.heads(hidden, batch, masks, net.denoiser).losses for _ in range(400)])
+    assert not torch.allclose(draws[0], draws[1])  # a different subset each time
+    assert torch.allclose(draws.mean(0), full, rtol=0.05, atol=0.02)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("pretrain") / "run"
