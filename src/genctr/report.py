@@ -182,7 +182,8 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
     latency, calibration and segment AUCs; and a plot of AUC gain against average cost."""
     by_model: dict[str, dict[tuple[str, str], list[dict]]] = {}
     for r in records:
-        by_model.setdefault(r["model"], {}).setdefault((r["inference"], r["variant"]), []).append(r)
+        model = r["model"] + (f"+{r['pretrain']}" if r.get("pretrain", "none") != "none" else "")
+        by_model.setdefault(model, {}).setdefault((r["inference"], r["variant"]), []).append(r)
     commands = sorted({r.get("command", "genctr run <experiment>") for r in records})
     lines = [f"## {task}: test-time inference", "",
              f"Produced by: {', '.join(f'`{c}`' for c in commands)}. Machine: "
