@@ -108,6 +108,8 @@ def test_pretrain_then_finetune_matrix(tmp_path):
     for r in records:
         assert (r["pretrain"] == "none") == ("pretrain_epoch_seconds" not in r)
         assert r.get("pretrain_epoch_seconds", 1) > 0 and 0.5 < r["test_auc"] < 1
+        if r["pretrain"] != "none":  # the pre-training's final field weights travel with the record
+            assert set(r["pretrain_field_weights"]) >= {"user_id", "label"}
     assert (tmp_path / "runs/tiny/synthetic-small/pretrain-self_balancing/seed1/fields.md").is_file()
     again = genctr("run", "exp.yaml", cwd=tmp_path)
     assert again.returncode == 0 and "pre-train" not in again.stdout

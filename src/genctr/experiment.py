@@ -146,13 +146,18 @@ def recorded(results: Path, experiment: str) -> tuple[set[tuple], set[tuple]]:
 
 
 def pretrain_fields(config: RunConfig) -> dict[str, Any]:
-    """The record keys of a fine-tuned run: its pre-training run and that run's median epoch
-    seconds (nothing for a run trained from scratch)."""
+    """The record keys of a fine-tuned run: its pre-training run, that run's median epoch
+    seconds and final per-field loss weights (nothing for a run trained from scratch); the
+    record carries them so a report needs no run folder."""
     if not config.init_from:
         return {}
     history = Path(config.init_from) / "history.jsonl"
     seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
-    return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from}
+    fields = Path(config.init_from) / "fields.json"
+    weights = ({row["field"]: row["final_weight"] for row in json.loads(fields.read_text())}
+               if fields.is_file() else {})
+    return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
+            "pretrain_field_weights": weights}
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],

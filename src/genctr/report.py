@@ -279,8 +279,12 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
                      + " | ".join(segments) + f" | {seconds} |")
     weights: dict[str, dict[str, float]] = {}
     for r in sorted(tuned, key=lambda r: r["seed"]):
-        fields = Path(r.get("pretrain_run") or "") / "fields.json"
-        if r["pretrain"] not in weights and fields.is_file():
+        fields = Path(r.get("pretrain_run") or "") / "fields.json"  # records before the key existed
+        if r["pretrain"] in weights:
+            continue
+        if r.get("pretrain_field_weights"):
+            weights[r["pretrain"]] = r["pretrain_field_weights"]
+        elif fields.is_file():
             weights[r["pretrain"]] = {row["field"]: row["final_weight"] for row in json.loads(fields.read_text())}
     if weights:
         names = list(next(iter(weights.values())))
