@@ -236,3 +236,32 @@ def test_cli_pretrain_then_train_init_from(tmp_path):
     second = runner.invoke(app, ["train", str(tmp_path / "ft.yaml"), "--init-from", str(tmp_path / "pre")])
     assert second.exit_code == 0, second.output
     assert "initialised from" in second.output
+
+
+def test_neutral_mask_gives_dropped_fields_the_mask_state_on_hetegen_only(small_synthetic):
+    from genctr.models import build_model
+    from genctr.nn.embedding import set_neutral_mode
+
+    fields = field_infos(small_synthetic.encoder)
+    model = build_model("hetegen", fields, {"embedding_dim": 16, "heads": 2, "layers": 1}).eval()
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 32))
+    names = [f.name for f in fields]
+    drop = torch.zeros(32, len(fields), dtype=torch.bool)
+    drop[::2, names.index("user_id")] = True
+    drop[1::2, names.index("hist_items")] = True
+    with torch.no_grad():
+        neutral = model(batch, drop)
+        set_neutral_mode(model, "mask")
+        masked = model(batch, drop)
+        expected = Masks.label_only(32, len(fields), model.denoiser.sequences)
+        expected.fields[:, :-1] |= drop
+        history = batch.tokens["hist_items"] != 0
+        expected.positions["hist_items"] = drop[:, names.index("hist_items")].unsqueeze(1) & history
+        by_hand = model.label_head(model.denoiser(batch, expected, log_difficulty=model.log_difficulty)[
+            :, model.denoiser.label_token])
+        assert torch.allclose(masked, by_hand[:, 1] - by_hand[:, 0], atol=1e-6)
+        assert not torch.allclose(masked, neutral)
+        assert torch.equal(model(batch), model(batch, torch.zeros_like(drop)))  # nothing dropped: plain
+    dnn = build_model("dnn", fields, {"hidden_units": [8]})
+    with pytest.raises(ConfigError, match="neutral: mask"):
+        set_neutral_mode(dnn, "mask")

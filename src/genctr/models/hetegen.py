@@ -3,7 +3,8 @@
 Every field is visible and only the label is masked, the state pre-training practised; the
 CTR logit is logit(click) − logit(no click) of the label head, or (`scorer: mlp`) an MLP over
 all contextual token vectors. A dropped field gets its neutral embedding like in any backbone,
-so MATT and UTTSI apply unchanged. `embedding_dim` is the denoiser's token width. Trained from
+so MATT and UTTSI apply unchanged; with the inference option `neutral: mask` it is masked
+instead, the unknown-field state pre-training trained. `embedding_dim` is the denoiser's token width. Trained from
 scratch unless `genctr train --init-from PRETRAIN_RUN` loads a pre-training run (the denoiser's
 options are then taken from that run).
 """
@@ -72,12 +73,27 @@ class HeteGen(CTRModel):
                            out_dim=1, dropout=options.dropout)
                        if options.scorer == "mlp" else None)
 
+    has_mask_state = True  # a dropped field can take the denoiser's [MASK] vector (neutral: mask)
+
     @property
     def embedding(self) -> FieldEmbedding:
         return self.denoiser.embedding
 
-    def forward(self, batch, drop=None):
+    def masks(self, batch, drop: torch.Tensor | None) -> tuple[Masks, torch.Tensor | None]:
+        """The fine-tuning state (only the label masked); with the embedding's neutral mode
+        "mask", dropped fields are masked too (the state pre-training practised: a sequence
+        field's items, padding excepted) instead of getting a neutral embedding."""
         masks = Masks.label_only(len(batch), len(self.denoiser.fields), self.denoiser.sequences)
+        if drop is None or self.embedding.neutral_mode != "mask":
+            return masks, drop
+        fields = masks.fields.clone()
+        fields[:, :-1] |= drop
+        positions = {name: drop[:, self.embedding.field_index(name)].unsqueeze(1) & (batch.tokens[name] != 0)
+                     for name in self.denoiser.sequences}
+        return Masks(fields, positions), None
+
+    def forward(self, batch, drop=None):
+        masks, drop = self.masks(batch, drop)
         hidden = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty)
         if self.scorer is not None:
             return self.scorer(hidden.flatten(1)).squeeze(-1)

@@ -20,9 +20,11 @@ from genctr.data.encode import FeatureEncoder
 from genctr.errors import ConfigError
 from genctr.schema import OOV, FieldKind
 
-NeutralMode = Literal["mean", "zero", "learned"]
+NeutralMode = Literal["mean", "zero", "learned", "mask"]
 NO_LEARNED_NEUTRAL = ("neutral: learned needs a model trained with the model option "
                       "learned_neutral: true (and train.field_dropout > 0)")
+NO_MASK_STATE = ("neutral: mask needs a model with a [MASK] state for its fields (hetegen); "
+                 "other backbones take mean, zero or learned")
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class FieldEmbedding(nn.Module):
     def neutral(self) -> torch.Tensor:
         """[F, D]: what a dropped field receives, by `neutral_mode`: "mean" (default), each
         field's training-frequency-weighted mean embedding (for a `scaled` numeric field: its
-        missing-value vector, the embedding of 'value unknown'); "zero"; or "learned"."""
+        missing-value vector, the embedding of 'value unknown'); "zero"; or "learned".
+        ("mask" is handled by a model that owns a [MASK] state, before the embedding.)"""
         if self.neutral_mode == "zero":
             return torch.zeros(len(self.fields), self.dim, device=self.tables_device())
         if self.neutral_mode == "learned":
@@ -151,4 +154,6 @@ def set_neutral_mode(model: nn.Module, mode: NeutralMode) -> None:
         if isinstance(module, FieldEmbedding):
             if mode == "learned" and module.learned_neutral is None:
                 raise ConfigError(NO_LEARNED_NEUTRAL)
+            if mode == "mask" and not getattr(model, "has_mask_state", False):
+                raise ConfigError(NO_MASK_STATE)
             module.neutral_mode = mode

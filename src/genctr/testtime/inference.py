@@ -47,7 +47,8 @@ class InferenceOptions(Strict):
     mix: float = Field(1.0, ge=0, le=1, description="weight of the path aggregate against the "
                        "plain (uttsi: filtered) prediction")
     neutral: NeutralMode | None = Field(None, description="what a dropped field receives; default: "
-                                        "the model's own (learned if it has one, else mean)")
+                                        "the model's own (learned if it has one, else mean); mask: the [MASK] "
+                                        "state of a model that has one (hetegen)")
     random_drop: float = Field(0.1, ge=0, lt=1, description="random: per-field drop probability")
     budget: float = Field(2.8, ge=1, description="uttsi: average passes per instance on valid")
     max_paths: int = Field(8, ge=1, description="uttsi: most extra paths one instance gets")
