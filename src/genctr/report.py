@@ -79,7 +79,7 @@ def method_label(record: dict) -> str:
 
 
 def training_section(task: str, records: list[dict], plots_dir: Path,
-                     baseline: str | None = None) -> str:
+                     baseline: str | None = None, source: str = "") -> str:
     """Mean ± std over seeds per method, paired p-values against the baseline, segments."""
     groups: dict[str, list[dict]] = {}
     for r in records:
@@ -88,7 +88,7 @@ def training_section(task: str, records: list[dict], plots_dir: Path,
     base_by_seed = {r["seed"]: r for r in groups.get(baseline, [])}
     commands = sorted({r.get("command", "genctr run <experiment>") for r in records})
     machines = sorted({r["machine"] for r in records})
-    lines = [f"## {task}", "",
+    lines = [f"## {task}" + (f" ({source})" if source else ""), "",
              f"Produced by: {', '.join(f'`{c}`' for c in commands)}. Machine: {'; '.join(machines)}. "
              f"Mean ± std over seeds; p: paired t-test of test AUC against `{baseline}` on "
              "the seeds both have.", "",
@@ -245,8 +245,8 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
         groups.setdefault(method_label(r), []).append(r)
     by_seed = lambda label: {r["seed"]: r for r in groups.get(label, [])}  # noqa: E731
     segment_names = sorted({s for r in records for s in (r.get("segments") or {})})
-    reference_seconds = {r["model"]: median(x["pretrain_epoch_seconds"] for x in groups[method_label(r)])
-                         for r in tuned if r["pretrain"] == reference}
+    reference_runs = [r["pretrain_epoch_seconds"] for r in tuned if r["pretrain"] == reference]
+    reference_seconds = median(reference_runs) if reference_runs else float("nan")
 
     def versus(rs: list[dict], base: dict[int, dict]) -> str:
         pairs = [(r["test_auc"], base[r["seed"]]["test_auc"]) for r in rs if r["seed"] in base]
@@ -259,24 +259,25 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
              f"Δ: test AUC minus the scratch backbone `{scratch}` and minus the same model after "
              f"`{reference}` pre-training, paired by seed (t-test p). Pre-train s/epoch: median "
              f"epoch seconds, × = relative to `{reference}`.", "",
-             f"| method | seeds | test AUC | logloss | Δ vs {scratch} | Δ vs {reference} | "
-             + " | ".join(segment_names) + " | pre-train s/epoch (×) |",
-             "|---|---|---|---|---|---|" + "---|" * len(segment_names) + "---|"]
+             f"| method | seeds | test AUC | logloss | Δ vs {scratch} | Δ vs same model, scratch | "
+             f"Δ vs {reference} | " + "".join(f"{s} | " for s in segment_names) + "pre-train s/epoch (×) |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(segment_names) + "---|"]
     for label, rs in groups.items():
         model, pretrain = rs[0]["model"], rs[0].get("pretrain", "none")
         same_reference = by_seed(f"{model} + {reference}")
         seconds = ""
         if pretrain != "none":
             mine = median(r["pretrain_epoch_seconds"] for r in rs)
-            ratio = mine / reference_seconds[model] if model in reference_seconds else float("nan")
+            ratio = mine / reference_seconds
             seconds = f"{mine:.1f} ({ratio:.2f}x)"
         segments = [f"{np.mean([r['segments'][s]['auc'] for r in rs if s in r.get('segments', {})]):.4f}"
                     for s in segment_names]
         lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
                      f"{_mean_std([r['test_auc'] for r in rs])} | {_mean_std([r['test_logloss'] for r in rs])} | "
                      f"{versus(rs, by_seed(scratch))} | "
+                     f"{versus(rs, by_seed(model)) if pretrain != 'none' else ''} | "
                      f"{versus(rs, same_reference) if pretrain != reference else ''} | "
-                     + " | ".join(segments) + f" | {seconds} |")
+                     + "".join(f"{x} | " for x in segments) + f"{seconds} |")
     weights: dict[str, dict[str, float]] = {}
     for r in sorted(tuned, key=lambda r: r["seed"]):
         fields = Path(r.get("pretrain_run") or "") / "fields.json"  # records before the key existed
@@ -321,7 +322,7 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
             trained = [r for r in records if "variant" not in r]
             evaluated = [r for r in records if "variant" in r]
             if trained:
-                sections.append(training_section(task, trained, folder / "plots"))
+                sections.append(training_section(task, trained, folder / "plots", source=path.name))
                 sections.append(pretrain_section(task, trained))
                 sections.append(peer_section(task, trained))
             if evaluated:
