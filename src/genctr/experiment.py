@@ -24,7 +24,7 @@ from genctr.config import DataConfig, RunConfig
 from genctr.data.store import prepare
 from genctr.errors import GenctrError
 from genctr.models import model_options
-from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions
+from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions, final_field_weights
 from genctr.provenance import git_commit, machine, now_iso
 from genctr.schema import Strict, parse_model, read_yaml
 from genctr.testtime.inference import InferenceOptions
@@ -153,11 +153,8 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
         return {}
     history = Path(config.init_from) / "history.jsonl"
     seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
-    fields = Path(config.init_from) / "fields.json"
-    weights = ({row["field"]: row["final_weight"] for row in json.loads(fields.read_text())}
-               if fields.is_file() else {})
     return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
-            "pretrain_field_weights": weights}
+            "pretrain_field_weights": final_field_weights(config.init_from)}
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],

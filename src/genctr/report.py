@@ -10,6 +10,7 @@ import numpy as np
 
 from genctr.metrics import paired_t_test
 from genctr.plots import plot_auc_bars, plot_gain_vs_cost, plot_training_curves
+from genctr.pretrain.loop import final_field_weights
 
 HEADER = """# Benchmark results
 
@@ -68,11 +69,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{np.mean(values):.4f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.4f}"
 
 
-def method_label(record: dict) -> str:
-    """model, plus pre-training and inference when they are not the defaults."""
+def model_label(record: dict) -> str:
+    """model, plus its pre-training when it had one."""
     label = record["model"]
     if record.get("pretrain", "none") not in ("none", None):
         label += f" + {record['pretrain']}"
+    return label
+
+
+def method_label(record: dict) -> str:
+    """model_label, plus the inference strategy when it is not plain."""
+    label = model_label(record)
     if record.get("inference", "plain") != "plain":
         label += f" @ {record['inference']}"
     return label
@@ -182,8 +189,7 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
     latency, calibration and segment AUCs; and a plot of AUC gain against average cost."""
     by_model: dict[str, dict[tuple[str, str], list[dict]]] = {}
     for r in records:
-        model = r["model"] + (f"+{r['pretrain']}" if r.get("pretrain", "none") != "none" else "")
-        by_model.setdefault(model, {}).setdefault((r["inference"], r["variant"]), []).append(r)
+        by_model.setdefault(model_label(r), {}).setdefault((r["inference"], r["variant"]), []).append(r)
     commands = sorted({r.get("command", "genctr run <experiment>") for r in records})
     lines = [f"## {task}: test-time inference", "",
              f"Produced by: {', '.join(f'`{c}`' for c in commands)}. Machine: "
@@ -256,8 +262,9 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
         return f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
 
     lines = [f"### {task}: pre-training", "",
-             f"Δ: test AUC minus the scratch backbone `{scratch}` and minus the same model after "
-             f"`{reference}` pre-training, paired by seed (t-test p). Pre-train s/epoch: median "
+             f"Δ: test AUC minus the scratch backbone `{scratch}`, minus the same model trained from "
+             f"scratch, and minus the same model after `{reference}` pre-training, paired by seed "
+             "(t-test p). Pre-train s/epoch: median "
              f"epoch seconds, × = relative to `{reference}`.", "",
              f"| method | seeds | test AUC | logloss | Δ vs {scratch} | Δ vs same model, scratch | "
              f"Δ vs {reference} | " + "".join(f"{s} | " for s in segment_names) + "pre-train s/epoch (×) |",
@@ -280,13 +287,10 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
                      + "".join(f"{x} | " for x in segments) + f"{seconds} |")
     weights: dict[str, dict[str, float]] = {}
     for r in sorted(tuned, key=lambda r: r["seed"]):
-        fields = Path(r.get("pretrain_run") or "") / "fields.json"  # records before the key existed
-        if r["pretrain"] in weights:
-            continue
-        if r.get("pretrain_field_weights"):
-            weights[r["pretrain"]] = r["pretrain_field_weights"]
-        elif fields.is_file():
-            weights[r["pretrain"]] = {row["field"]: row["final_weight"] for row in json.loads(fields.read_text())}
+        if r["pretrain"] not in weights:  # records older than the key: read the run, if present
+            found = r.get("pretrain_field_weights") or final_field_weights(r.get("pretrain_run") or "")
+            if found:
+                weights[r["pretrain"]] = found
     if weights:
         names = list(next(iter(weights.values())))
         lines += ["", "Final per-field loss weights of each pre-training (lowest seed; "

@@ -4,9 +4,9 @@ Every field is visible and only the label is masked, the state pre-training prac
 CTR logit is logit(click) − logit(no click) of the label head, or (`scorer: mlp`) an MLP over
 all contextual token vectors. A dropped field gets its neutral embedding like in any backbone,
 so MATT and UTTSI apply unchanged; with the inference option `neutral: mask` it is masked
-instead, the unknown-field state pre-training trained. `embedding_dim` is the denoiser's token width. Trained from
-scratch unless `genctr train --init-from PRETRAIN_RUN` loads a pre-training run (the denoiser's
-options are then taken from that run).
+instead, the unknown-field state pre-training trained. `embedding_dim` is the denoiser's token
+width. Trained from scratch unless `genctr train --init-from PRETRAIN_RUN` loads a pre-training
+run (the denoiser's options are then taken from that run).
 """
 
 from __future__ import annotations

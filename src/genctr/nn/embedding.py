@@ -150,10 +150,10 @@ class FieldEmbedding(nn.Module):
 
 def set_neutral_mode(model: nn.Module, mode: NeutralMode) -> None:
     """Choose what every FieldEmbedding of a model substitutes for a dropped field."""
+    if mode == "mask" and not getattr(model, "has_mask_state", False):
+        raise ConfigError(NO_MASK_STATE)
     for module in model.modules():
         if isinstance(module, FieldEmbedding):
             if mode == "learned" and module.learned_neutral is None:
                 raise ConfigError(NO_LEARNED_NEUTRAL)
-            if mode == "mask" and not getattr(model, "has_mask_state", False):
-                raise ConfigError(NO_MASK_STATE)
             module.neutral_mode = mode

@@ -40,6 +40,7 @@ ENCODER_FILE = "encoder.json"
 WEIGHTS_FILE = "pretrain.pt"
 HISTORY_FILE = "history.jsonl"
 TRAJECTORY_FILE = "trajectory.jsonl"
+FIELDS_FILE = "fields.json"
 
 
 class PretrainOptions(Strict):
@@ -165,7 +166,7 @@ def write_field_summary(folder: Path, net: GenerativeNet, history: list[dict]) -
         name = row["field"]
         row |= {"final_loss": final["field_loss"].get(name), "final_accuracy": final["field_accuracy"].get(name),
                 "final_weight": final["weight"].get(name), "log_difficulty": final["log_difficulty"].get(name)}
-    (folder / "fields.json").write_text(json.dumps(rows, indent=1))
+    (folder / FIELDS_FILE).write_text(json.dumps(rows, indent=1))
     lines = [f"# Pre-training fields ({net.balancer.options.name})", "",
              "| field | kind | vocabulary | head | final loss | final accuracy | final weight | s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -178,6 +179,14 @@ def write_field_summary(folder: Path, net: GenerativeNet, history: list[dict]) -
     trajectory = [json.loads(line) for line in (folder / TRAJECTORY_FILE).read_text().splitlines()]
     plot_field_trajectories(trajectory, folder / "field_weights.png",
                             f"{net.balancer.options.name}: per-field weight and loss")
+
+
+def final_field_weights(folder: str | Path) -> dict[str, float]:
+    """field -> final loss weight of a pre-training run ({} when the run left no summary)."""
+    path = Path(folder) / FIELDS_FILE
+    if not path.is_file():
+        return {}
+    return {row["field"]: row["final_weight"] for row in json.loads(path.read_text())}
 
 
 def load_pretrained(folder: str | Path) -> tuple[PretrainConfig, FeatureEncoder, GenerativeNet]:
