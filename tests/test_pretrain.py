@@ -132,6 +132,23 @@ def test_guided_attention_scales_the_chosen_side_per_token(side):
         torch.testing.assert_close(scaled_query_rows[:, [0, 1, 3, 4]], attention(x, None)[:, [0, 1, 3, 4]])
 
 
+@pytest.mark.parametrize("guidance", ["query", "key"])
+def test_computing_only_the_label_token_gives_the_full_forward_label_vector(small_synthetic, guidance):
+    from genctr.models import build_model
+
+    model = build_model("hetegen", field_infos(small_synthetic.encoder),
+                        {"embedding_dim": 16, "heads": 2, "layers": 3, "guidance": guidance}).eval()
+    model.log_difficulty.copy_(torch.linspace(-1.0, 2.0, len(model.log_difficulty)))
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 32))
+    masks = Masks.label_only(32, len(model.denoiser.fields), model.denoiser.sequences)
+    with torch.no_grad():
+        full = model.denoiser(batch, masks, log_difficulty=model.log_difficulty)
+        label = model.denoiser(batch, masks, log_difficulty=model.log_difficulty,
+                               query_token=model.denoiser.label_token)
+    assert label.shape == (32, 1, 16)
+    torch.testing.assert_close(label[:, 0], full[:, model.denoiser.label_token], rtol=1e-5, atol=1e-6)
+
+
 def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
     net = build_network(field_infos(small_synthetic.encoder), PretrainConfig().pretrain)
     batch = batch_of(small_synthetic.splits["train"], slice(0, 64))

@@ -94,8 +94,10 @@ class HeteGen(CTRModel):
 
     def forward(self, batch, drop=None):
         masks, drop = self.masks(batch, drop)
-        hidden = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty)
         if self.scorer is not None:
+            hidden = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty)
             return self.scorer(hidden.flatten(1)).squeeze(-1)
-        logits = self.label_head(hidden[:, self.denoiser.label_token]).float()
+        label = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty,
+                              query_token=self.denoiser.label_token)
+        logits = self.label_head(label[:, 0]).float()
         return logits[:, 1] - logits[:, 0]

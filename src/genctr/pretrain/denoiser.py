@@ -47,16 +47,22 @@ class GuidedSelfAttention(nn.Module):
         self.out = nn.Linear(options.d_model, options.d_model)
         self.kind, self.side = options.attention, options.guidance
 
-    def forward(self, x: torch.Tensor, token_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, d]; token_scale [T]: the guidance factor exp(−s_f/2) of each token's field."""
+    def forward(self, x: torch.Tensor, token_scale: torch.Tensor | None = None,
+                query_token: int | None = None) -> torch.Tensor:
+        """x [B, T, d]; token_scale [T]: the guidance factor exp(−s_f/2) of each token's field.
+        With `query_token`, only that token attends (the output is [B, 1, d])."""
         rows, tokens, width = x.shape
-        q, k, v = self.qkv(x).view(rows, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        w_q, w_kv = self.qkv.weight.split([width, 2 * width])
+        b_q, b_kv = self.qkv.bias.split([width, 2 * width])
+        picked = slice(None) if query_token is None else slice(query_token, query_token + 1)
+        queries = x[:, picked]
+        q = nn.functional.linear(queries, w_q, b_q).view(rows, -1, self.heads, self.head_dim).transpose(1, 2)
+        k, v = nn.functional.linear(x, w_kv, b_kv).view(rows, tokens, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if token_scale is not None and self.side != "none":
-            scale = token_scale.view(1, 1, tokens, 1).to(q.dtype)
             if self.side == "query":
-                q = q * scale
+                q = q * token_scale[picked].view(1, 1, -1, 1).to(q.dtype)
             else:
-                k = k * scale
+                k = k * token_scale.view(1, 1, tokens, 1).to(k.dtype)
         # explicit attention: with a dozen tokens and narrow heads, two batched matmuls are several
         # times faster on CPU than scaled_dot_product_attention's flash kernel (forward + backward)
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
@@ -64,7 +70,7 @@ class GuidedSelfAttention(nn.Module):
             mixed = scores.softmax(dim=-1) @ v
         else:  # HSTU: SiLU of the scores, averaged over the tokens instead of normalised
             mixed = nn.functional.silu(scores) @ v / tokens
-        return self.out(mixed.transpose(1, 2).reshape(rows, tokens, width))
+        return self.out(mixed.transpose(1, 2).reshape(rows, queries.shape[1], width))
 
 
 class DenoiserLayer(nn.Module):
@@ -79,8 +85,13 @@ class DenoiserLayer(nn.Module):
                                  nn.Linear(options.ffn_multiple * width, width))
         self.dropout = nn.Dropout(options.dropout)
 
-    def forward(self, x: torch.Tensor, token_scale: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm1(x), token_scale))
+    def forward(self, x: torch.Tensor, token_scale: torch.Tensor | None,
+                query_token: int | None = None) -> torch.Tensor:
+        """With `query_token`, only that token's output is computed ([B, 1, d])."""
+        attended = self.attention(self.norm1(x), token_scale, query_token)
+        if query_token is not None:
+            x = x[:, query_token:query_token + 1]
+        x = x + self.dropout(attended)
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
@@ -137,12 +148,16 @@ class Denoiser(nn.Module):
         return torch.cat(parts, dim=1) + self.field_identity[self.token_field]
 
     def forward(self, batch: Batch, masks: Masks, drop: torch.Tensor | None = None,
-                log_difficulty: torch.Tensor | None = None) -> torch.Tensor:
+                log_difficulty: torch.Tensor | None = None, query_token: int | None = None
+                ) -> torch.Tensor:
+        """[B, T, d]; with `query_token`, [B, 1, d]: that token's vector alone, the last layer
+        computing only its query and feed-forward (the same values, a fraction of the work)."""
         x = self.inputs(batch, masks, drop)
         scale = None
         if log_difficulty is not None and self.options.guidance != "none":
             s = log_difficulty.detach() if self.options.guidance_detach else log_difficulty
             scale = torch.exp(-s / 2)[self.token_field]
-        for layer in self.layers:
-            x = layer(x, scale)
+        last = len(self.layers) - 1
+        for depth, layer in enumerate(self.layers):
+            x = layer(x, scale, query_token if depth == last else None)
         return self.norm(x)
