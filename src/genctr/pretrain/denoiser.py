@@ -52,12 +52,14 @@ class GuidedSelfAttention(nn.Module):
         """x [B, T, d]; token_scale [T]: the guidance factor exp(−s_f/2) of each token's field.
         With `query_token`, only that token attends (the output is [B, 1, d])."""
         rows, tokens, width = x.shape
-        w_q, w_kv = self.qkv.weight.split([width, 2 * width])
-        b_q, b_kv = self.qkv.bias.split([width, 2 * width])
         picked = slice(None) if query_token is None else slice(query_token, query_token + 1)
-        queries = x[:, picked]
-        q = nn.functional.linear(queries, w_q, b_q).view(rows, -1, self.heads, self.head_dim).transpose(1, 2)
-        k, v = nn.functional.linear(x, w_kv, b_kv).view(rows, tokens, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if query_token is None:  # one fused projection
+            q, k, v = self.qkv(x).view(rows, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:  # keys and values of every token, the query of one
+            w_q, w_kv = self.qkv.weight.split([width, 2 * width])
+            b_q, b_kv = self.qkv.bias.split([width, 2 * width])
+            q = nn.functional.linear(x[:, picked], w_q, b_q).view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
+            k, v = nn.functional.linear(x, w_kv, b_kv).view(rows, tokens, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if token_scale is not None and self.side != "none":
             if self.side == "query":
                 q = q * token_scale[picked].view(1, 1, -1, 1).to(q.dtype)
@@ -70,7 +72,7 @@ class GuidedSelfAttention(nn.Module):
             mixed = scores.softmax(dim=-1) @ v
         else:  # HSTU: SiLU of the scores, averaged over the tokens instead of normalised
             mixed = nn.functional.silu(scores) @ v / tokens
-        return self.out(mixed.transpose(1, 2).reshape(rows, queries.shape[1], width))
+        return self.out(mixed.transpose(1, 2).reshape(rows, q.shape[2], width))
 
 
 class DenoiserLayer(nn.Module):
