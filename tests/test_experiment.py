@@ -3,8 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
+
+from genctr.config import load_run_config
+from genctr.experiment import load_experiment
 
 EXPERIMENT = {
     "name": "tiny",
@@ -141,3 +146,30 @@ def test_commit_is_dirty_only_for_code_changes(tmp_path):
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "+dirty"
+
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    if "tasks" in yaml.safe_load(path.read_text()):  # an experiment matrix
+        assert load_experiment(path).cells()
+    else:
+        load_run_config(path)
+
+
+@pytest.mark.parametrize("testtime, trained", [
+    ("bench-frappe-hetegen-testtime.yaml", "bench-frappe-pretrain.yaml"),
+    ("bench-ml1m-hetegen-testtime.yaml", "bench-ml1m-pretrain.yaml"),
+    ("bench-frappe-testtime.yaml", "bench-frappe.yaml"),
+    ("bench-ml1m-testtime.yaml", "bench-ml1m.yaml")])
+def test_testtime_configs_reuse_the_trained_runs(testtime, trained):
+    """A test-time experiment must describe its cells exactly as the experiment that trained them
+    (same run folder and options), or it would retrain them."""
+    folder = CONFIGS[0].parent
+    inference, training = load_experiment(folder / testtime), load_experiment(folder / trained)
+    trained_cells = set(training.cells())
+    for cell in inference.cells():
+        assert cell in trained_cells
+        assert inference.run_config(*cell) == training.run_config(*cell)
