@@ -173,3 +173,15 @@ def test_testtime_configs_reuse_the_trained_runs(testtime, trained):
     for cell in inference.cells():
         assert cell in trained_cells
         assert inference.run_config(*cell) == training.run_config(*cell)
+
+
+def test_pretrain_segment_cell_gives_the_paired_difference_to_scratch():
+    from genctr.report import _segment_cell
+
+    def run(seed, cold):
+        return {"seed": seed, "segments": {"cold": {"auc": cold}}}
+
+    scratch = {1: run(1, 0.70), 2: run(2, 0.72)}
+    assert _segment_cell([run(1, 0.71), run(2, 0.75)], scratch, "cold") == "0.7300 (+0.0200)"
+    assert _segment_cell([run(1, 0.71)], {}, "cold") == "0.7100"
+    assert _segment_cell([run(1, 0.71)], scratch, "tail") == ""

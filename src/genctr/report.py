@@ -238,6 +238,17 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _segment_cell(runs: list[dict], scratch: dict[int, dict], segment: str) -> str:
+    """Mean segment AUC of `runs`, with the mean paired difference to the scratch runs if any."""
+    aucs = [r["segments"][segment]["auc"] for r in runs if segment in (r.get("segments") or {})]
+    if not aucs:
+        return ""
+    diffs = [r["segments"][segment]["auc"] - scratch[r["seed"]]["segments"][segment]["auc"]
+             for r in runs if r["seed"] in scratch and segment in (r.get("segments") or {})
+             and segment in (scratch[r["seed"]].get("segments") or {})]
+    return f"{np.mean(aucs):.4f}" + (f" ({np.mean(diffs):+.4f})" if diffs else "")
+
+
 def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
                      reference: str = "uniform") -> str:
     """Pre-trained models against the scratch backbone and against the same model after
@@ -264,7 +275,8 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
     lines = [f"### {task}: pre-training", "",
              f"Δ: test AUC minus the scratch backbone `{scratch}`, minus the same model trained from "
              f"scratch, and minus the same model after `{reference}` pre-training, paired by seed "
-             "(t-test p). Pre-train s/epoch: median "
+             "(t-test p). Segment columns: mean test AUC on the segment, in brackets minus the same "
+             "model trained from scratch (paired by seed). Pre-train s/epoch: median "
              f"epoch seconds, × = relative to `{reference}`.", "",
              f"| method | seeds | test AUC | logloss | Δ vs {scratch} | Δ vs same model, scratch | "
              f"Δ vs {reference} | " + "".join(f"{s} | " for s in segment_names) + "pre-train s/epoch (×) |",
@@ -277,8 +289,8 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
             mine = median(r["pretrain_epoch_seconds"] for r in rs)
             ratio = mine / reference_seconds
             seconds = f"{mine:.1f} ({ratio:.2f}x)"
-        segments = [f"{np.mean([r['segments'][s]['auc'] for r in rs if s in r.get('segments', {})]):.4f}"
-                    for s in segment_names]
+        scratch_runs = by_seed(model) if pretrain != "none" else {}
+        segments = [_segment_cell(rs, scratch_runs, s) for s in segment_names]
         lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
                      f"{_mean_std([r['test_auc'] for r in rs])} | {_mean_std([r['test_logloss'] for r in rs])} | "
                      f"{versus(rs, by_seed(scratch))} | "
