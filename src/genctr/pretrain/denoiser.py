@@ -58,8 +58,10 @@ class GuidedSelfAttention(nn.Module):
         else:  # keys and values of every token, the query of one
             w_q, w_kv = self.qkv.weight.split([width, 2 * width])
             b_q, b_kv = self.qkv.bias.split([width, 2 * width])
-            q = nn.functional.linear(x[:, picked], w_q, b_q).view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
-            k, v = nn.functional.linear(x, w_kv, b_kv).view(rows, tokens, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q = nn.functional.linear(x[:, picked], w_q, b_q)
+            q = q.view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
+            kv = nn.functional.linear(x, w_kv, b_kv).view(rows, tokens, 2, self.heads, self.head_dim)
+            k, v = kv.permute(2, 0, 3, 1, 4)
         if token_scale is not None and self.side != "none":
             if self.side == "query":
                 q = q * token_scale[picked].view(1, 1, -1, 1).to(q.dtype)
