@@ -123,7 +123,7 @@ class Trainer:
             resume: bool = False) -> TrainState:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        optimizer = self.optimizer(model)
         state = TrainState()
         if resume and (self.run_dir / CHECKPOINT).is_file():
             state = self._load_checkpoint(model, optimizer)
@@ -168,26 +168,39 @@ class Trainer:
         with self._progress(steps, epoch) as advance:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
-                drop = (torch.rand(len(batch), model.embedding.num_fields) < cfg.field_dropout
-                        if cfg.field_dropout else None)
-                with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16):
-                    logits = forward(batch, drop)
-                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
-                objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
+                loss, objective = self.train_step(forward, model, optimizer, batch)
                 if not torch.isfinite(objective):
                     raise TrainingDiverged(
                         f"loss became {objective.item()} in epoch {epoch}, batch {batches}; the "
                         f"last good checkpoint (after epoch {epoch - 1}) is kept in {self.run_dir}. "
                         "Lower learning_rate or set grad_clip.")
-                optimizer.zero_grad(set_to_none=True)
-                objective.backward()
-                if cfg.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
                 total += loss.item()
                 batches += 1
                 advance(len(batch))
         return total / max(batches, 1), time.perf_counter() - started
+
+    def optimizer(self, model: CTRModel) -> torch.optim.Optimizer:
+        return torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
+
+    def train_step(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
+                   batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step (skipped when the objective is not finite): (data loss,
+        objective), detached. benchmarks/step_profile.py profiles exactly this."""
+        cfg = self.config
+        drop = (torch.rand(len(batch), model.embedding.num_fields) < cfg.field_dropout
+                if cfg.field_dropout else None)
+        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16):
+            logits = forward(batch, drop)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
+        objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
+        if not torch.isfinite(objective):
+            return loss.detach(), objective.detach()
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        return loss.detach(), objective.detach()
 
     def _progress(self, steps: int, epoch: int):
         """A rich progress bar with samples/s on a terminal; silent otherwise (CI, logs)."""
