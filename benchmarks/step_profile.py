@@ -6,9 +6,9 @@
 For each model of the experiment (its seed-1 run config: model options, batch size, bf16, L2,
 gradient clipping), runs `Trainer.train_step` on real shuffled batches: a few warm-up steps, then
 `--steps` timed steps (samples/s, batch building excluded), then the same steps under
-torch.profiler. Prints, and writes to benchmarks/STEP_PROFILE.md, the share of forward,
-backward and optimizer time and the top operators by self CPU time with their input shapes, so
-that a speed change starts from a measurement. Run it alone on the machine.
+torch.profiler. Prints, and writes to benchmarks/STEP_PROFILE.md, the top operators of a whole
+step (forward, backward, clipping, Adam) by self CPU time with their input shapes, so that a
+speed change starts from a measurement. Run it alone on the machine.
 """
 
 from __future__ import annotations

@@ -240,12 +240,14 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
 
 def _segment_cell(runs: list[dict], scratch: dict[int, dict], segment: str) -> str:
     """Mean segment AUC of `runs`, with the mean paired difference to the scratch runs if any."""
-    aucs = [r["segments"][segment]["auc"] for r in runs if segment in (r.get("segments") or {})]
+    def auc(record: dict | None) -> float | None:
+        return ((record or {}).get("segments") or {}).get(segment, {}).get("auc")
+
+    aucs = [auc(r) for r in runs if auc(r) is not None]
     if not aucs:
         return ""
-    diffs = [r["segments"][segment]["auc"] - scratch[r["seed"]]["segments"][segment]["auc"]
-             for r in runs if r["seed"] in scratch and segment in (r.get("segments") or {})
-             and segment in (scratch[r["seed"]].get("segments") or {})]
+    diffs = [auc(r) - auc(scratch.get(r["seed"])) for r in runs
+             if auc(r) is not None and auc(scratch.get(r["seed"])) is not None]
     return f"{np.mean(aucs):.4f}" + (f" ({np.mean(diffs):+.4f})" if diffs else "")
 
 

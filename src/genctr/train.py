@@ -168,12 +168,13 @@ class Trainer:
         with self._progress(steps, epoch) as advance:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
-                loss, objective = self.train_step(forward, model, optimizer, batch)
-                if not torch.isfinite(objective):
+                try:
+                    loss = self.train_step(forward, model, optimizer, batch)
+                except TrainingDiverged as diverged:
                     raise TrainingDiverged(
-                        f"loss became {objective.item()} in epoch {epoch}, batch {batches}; the "
-                        f"last good checkpoint (after epoch {epoch - 1}) is kept in {self.run_dir}. "
-                        "Lower learning_rate or set grad_clip.")
+                        f"{diverged} in epoch {epoch}, batch {batches}; the last good checkpoint "
+                        f"(after epoch {epoch - 1}) is kept in {self.run_dir}. "
+                        "Lower learning_rate or set grad_clip.") from None
                 total += loss.item()
                 batches += 1
                 advance(len(batch))
@@ -183,9 +184,10 @@ class Trainer:
         return torch.optim.Adam(model.parameters(), lr=self.config.learning_rate)
 
     def train_step(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
-                   batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step (skipped when the objective is not finite): (data loss,
-        objective), detached. benchmarks/step_profile.py profiles exactly this."""
+                   batch) -> torch.Tensor:
+        """One optimisation step; returns the data loss (detached). Raises TrainingDiverged,
+        before touching the weights, when the objective is not finite.
+        benchmarks/step_profile.py profiles exactly this."""
         cfg = self.config
         drop = (torch.rand(len(batch), model.embedding.num_fields) < cfg.field_dropout
                 if cfg.field_dropout else None)
@@ -194,13 +196,13 @@ class Trainer:
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
         objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
         if not torch.isfinite(objective):
-            return loss.detach(), objective.detach()
+            raise TrainingDiverged(f"loss became {objective.item()}")
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if cfg.grad_clip is not None:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        return loss.detach(), objective.detach()
+        return loss.detach()
 
     def _progress(self, steps: int, epoch: int):
         """A rich progress bar with samples/s on a terminal; silent otherwise (CI, logs)."""
