@@ -114,3 +114,24 @@ def test_dropout_keeps_one_minus_p_and_preserves_the_mean(p):
     assert per_column.min().item() > 1 - p - 0.07
     dropout.eval()
     assert torch.equal(dropout(x), x)
+
+
+def test_dropout_masks_follow_torch_manual_seed():
+    from genctr.nn.blocks import Dropout
+    dropout, x = Dropout(0.2), torch.ones(64, 33)
+    torch.manual_seed(7)
+    first = dropout(x)
+    torch.manual_seed(7)
+    assert torch.equal(dropout(x), first)
+    assert not torch.equal(dropout(x), first)  # the generator moved on
+
+
+def test_cross_network_under_bf16_autocast_stays_close_to_fp32():
+    from genctr.nn.blocks import CrossNetV2
+    torch.manual_seed(0)
+    cross, x = CrossNetV2(48, 3), torch.randn(256, 48) * 0.1
+    exact = cross(x)
+    with torch.autocast("cpu", torch.bfloat16):
+        fast = cross(x)
+    assert fast.dtype == torch.bfloat16  # the whole cross network runs in the autocast dtype
+    assert torch.allclose(fast.float(), exact, rtol=0.05, atol=0.02)

@@ -8,7 +8,7 @@ from torch import nn
 
 from genctr.models.base import CTRModel
 from genctr.models.dnn import DNNOptions
-from genctr.nn.blocks import MLP, CrossNetV2
+from genctr.nn.blocks import MLP, CrossNetV2, to_autocast_dtype
 
 
 class DCNv2Options(DNNOptions):
@@ -30,7 +30,7 @@ class DCNv2(CTRModel):
         self.head = nn.Linear(head_in, 1)
 
     def forward(self, batch, drop=None):
-        flat = self.embedding(batch, drop).flatten(1)
+        flat = to_autocast_dtype(self.embedding(batch, drop).flatten(1))  # for cross and MLP
         crossed = self.cross(flat)
         if self.options.structure == "stacked":
             out = self.mlp(crossed)

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+
+def random_bits(count: int, device: torch.device) -> torch.Tensor:
+    """`count` uniformly random int64 words, drawn as decided by torch's global generator."""
+    if device.type != "cpu":
+        return torch.empty(count, dtype=torch.int64, device=device).random_(-2 ** 63, 2 ** 63 - 1)
+    seed = int(torch.randint(0, 2 ** 63 - 1, (1,)))
+    return torch.from_numpy(np.random.PCG64(seed).random_raw(count).view(np.int64))
 
 
 class Dropout(nn.Module):
@@ -12,6 +21,8 @@ class Dropout(nn.Module):
     PyTorch's CPU random generator is serial, so drawing one float per element (`bernoulli_`,
     `rand_like`) took a third of a DNN training step here. One 64-bit draw gives four 16-bit
     uniforms, compared with p; the keep mask is folded into the scale in the input's dtype.
+    On CPU the 64-bit draws come from numpy's PCG64 (twice as fast as torch's MT19937), seeded
+    from torch's generator, so `torch.manual_seed` still decides every mask.
     """
 
     def __init__(self, p: float) -> None:
@@ -24,10 +35,10 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        draws = -(-x.numel() // 4)
-        bits = torch.empty(draws, dtype=torch.int64, device=x.device).random_(-2 ** 63, 2 ** 63 - 1)
+        bits = random_bits(-(-x.numel() // 4), x.device)
         keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
-        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+        # bool -> uint8 is a free view and uint8 -> float is vectorized; bool -> float is ~6x slower
+        return x * keep.view(torch.uint8).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class MLP(nn.Module):
@@ -54,6 +65,14 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on: one cast for a tensor that several
+    autocast ops consume (each would otherwise make its own copy)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
     """Second-order factorization-machine term of [B, F, D] fields -> [B]."""
     square_of_sum = fields.sum(dim=1).pow(2)
@@ -69,6 +88,7 @@ class CrossNetV2(nn.Module):
         self.crosses = nn.ModuleList(nn.Linear(dim, dim) for _ in range(layers))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x0 = to_autocast_dtype(x0)  # one cast, not one per layer and operand
         x = x0
         for cross in self.crosses:
             x = x0 * cross(x) + x
