@@ -45,7 +45,14 @@ def test_matrix_runs_records_skips_and_reports(tmp_path):
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "bench" / "RESULTS.md").read_text()
     assert "## synthetic-small" in text and "| fm | 1,2 |" in text and "p=" in text
-    assert (tmp_path / "bench" / "plots" / "synthetic-small-auc.png").is_file()
+    assert (tmp_path / "bench" / "plots" / "synthetic-auc.png").is_file()
+    # A second records file on the same task gets plots of its own, not the first file's.
+    (tmp_path / "bench/results/synthetic-rerun.jsonl").write_text(
+        (tmp_path / "bench/results/synthetic.jsonl").read_text())
+    assert genctr("report", "--benchmarks-dir", "bench", cwd=tmp_path).returncode == 0
+    text = (tmp_path / "bench" / "RESULTS.md").read_text()
+    assert "(plots/synthetic-auc.png)" in text and "(plots/synthetic-rerun-auc.png)" in text
+    assert (tmp_path / "bench" / "plots" / "synthetic-rerun-auc.png").is_file()
 
 
 def test_unknown_experiment_key_is_reported(tmp_path):
@@ -89,7 +96,7 @@ def test_inference_matrix_records_each_strategy_once_and_reports(tmp_path):
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "bench" / "RESULTS.md").read_text()
     assert "## synthetic-small: test-time inference" in text and "| uttsi@1.5 | uttsi | 1,2 |" in text
-    assert (tmp_path / "bench" / "plots" / "synthetic-small-testtime-gain.png").is_file()
+    assert (tmp_path / "bench" / "plots" / "synthetic-gain.png").is_file()
 
 
 def test_pretrain_then_finetune_matrix(tmp_path):

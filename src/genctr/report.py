@@ -86,8 +86,12 @@ def method_label(record: dict) -> str:
 
 
 def training_section(task: str, records: list[dict], plots_dir: Path,
-                     baseline: str | None = None, source: str = "") -> str:
-    """Mean ± std over seeds per method, paired p-values against the baseline, segments."""
+                     baseline: str | None = None, source: str = "", plot_stem: str = "") -> str:
+    """Mean ± std over seeds per method, paired p-values against the baseline, segments.
+
+    Plots are named by `plot_stem` (default: the task) so that two records files on one task
+    do not overwrite each other's plots."""
+    plot_stem = plot_stem or task
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(method_label(r), []).append(r)
@@ -136,12 +140,12 @@ def training_section(task: str, records: list[dict], plots_dir: Path,
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if len(means) > 1:
         plots_dir.mkdir(parents=True, exist_ok=True)
-        plot = plot_auc_bars(means, stds, plots_dir / f"{task}-auc.png", f"{task}: test AUC")
+        plot = plot_auc_bars(means, stds, plots_dir / f"{plot_stem}-auc.png", f"{task}: test AUC")
         lines += ["", f"![test AUC per method]({plot.relative_to(plots_dir.parent)})"]
     histories = first_seed_histories(groups)
     if histories:
         plots_dir.mkdir(parents=True, exist_ok=True)
-        curves = plot_training_curves(histories, plots_dir / f"{task}-curves.png",
+        curves = plot_training_curves(histories, plots_dir / f"{plot_stem}-curves.png",
                                       f"{task}: lowest seed of each method")
         lines += ["", f"![training curves]({curves.relative_to(plots_dir.parent)})"]
     return "\n".join(lines) + "\n"
@@ -184,9 +188,10 @@ def peer_section(task: str, records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
+def testtime_section(task: str, records: list[dict], plots_dir: Path, plot_stem: str = "") -> str:
     """Per model: each inference variant against plain on the same seeds (paired), its cost,
     latency, calibration and segment AUCs; and a plot of AUC gain against average cost."""
+    plot_stem = plot_stem or task
     by_model: dict[str, dict[tuple[str, str], list[dict]]] = {}
     for r in records:
         by_model.setdefault(model_label(r), {}).setdefault((r["inference"], r["variant"]), []).append(r)
@@ -232,7 +237,7 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path) -> str:
         lines.append("")
     if gains:
         plots_dir.mkdir(parents=True, exist_ok=True)
-        plot = plot_gain_vs_cost(gains, plots_dir / f"{task}-testtime-gain.png",
+        plot = plot_gain_vs_cost(gains, plots_dir / f"{plot_stem}-gain.png",
                                  f"{task}: test AUC gain over plain vs cost")
         lines += [f"![AUC gain against cost]({plot.relative_to(plots_dir.parent)})", ""]
     return "\n".join(lines) + "\n"
@@ -337,14 +342,17 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
         for record in read_records(path):
             by_task.setdefault(record["task"], []).append(record)
         for task, records in by_task.items():
+            stem = path.stem if len(by_task) == 1 else f"{path.stem}-{task}"
             trained = [r for r in records if "variant" not in r]
             evaluated = [r for r in records if "variant" in r]
             if trained:
-                sections.append(training_section(task, trained, folder / "plots", source=path.name))
+                sections.append(training_section(task, trained, folder / "plots", source=path.name,
+                                                 plot_stem=stem))
                 sections.append(pretrain_section(task, trained))
                 sections.append(peer_section(task, trained))
             if evaluated:
-                sections.append(testtime_section(task, evaluated, folder / "plots"))
+                sections.append(testtime_section(task, evaluated, folder / "plots",
+                                                 plot_stem=stem))
     text = HEADER + "\n" + "\n".join(s for s in sections if s)
     target = folder / "RESULTS.md"
     target.write_text(text)
