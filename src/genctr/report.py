@@ -85,13 +85,12 @@ def method_label(record: dict) -> str:
     return label
 
 
-def training_section(task: str, records: list[dict], plots_dir: Path,
-                     baseline: str | None = None, source: str = "", plot_stem: str = "") -> str:
+def training_section(task: str, records: list[dict], plots_dir: Path, plot_stem: str,
+                     baseline: str | None = None, source: str = "") -> str:
     """Mean ± std over seeds per method, paired p-values against the baseline, segments.
 
-    Plots are named by `plot_stem` (default: the task) so that two records files on one task
+    Plots are named by `plot_stem` (the records file) so that two records files on one task
     do not overwrite each other's plots."""
-    plot_stem = plot_stem or task
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(method_label(r), []).append(r)
@@ -188,10 +187,9 @@ def peer_section(task: str, records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def testtime_section(task: str, records: list[dict], plots_dir: Path, plot_stem: str = "") -> str:
+def testtime_section(task: str, records: list[dict], plots_dir: Path, plot_stem: str) -> str:
     """Per model: each inference variant against plain on the same seeds (paired), its cost,
     latency, calibration and segment AUCs; and a plot of AUC gain against average cost."""
-    plot_stem = plot_stem or task
     by_model: dict[str, dict[tuple[str, str], list[dict]]] = {}
     for r in records:
         by_model.setdefault(model_label(r), {}).setdefault((r["inference"], r["variant"]), []).append(r)
@@ -346,13 +344,12 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
             trained = [r for r in records if "variant" not in r]
             evaluated = [r for r in records if "variant" in r]
             if trained:
-                sections.append(training_section(task, trained, folder / "plots", source=path.name,
-                                                 plot_stem=stem))
+                sections.append(training_section(task, trained, folder / "plots", stem,
+                                                 source=path.name))
                 sections.append(pretrain_section(task, trained))
                 sections.append(peer_section(task, trained))
             if evaluated:
-                sections.append(testtime_section(task, evaluated, folder / "plots",
-                                                 plot_stem=stem))
+                sections.append(testtime_section(task, evaluated, folder / "plots", stem))
     text = HEADER + "\n" + "\n".join(s for s in sections if s)
     target = folder / "RESULTS.md"
     target.write_text(text)
