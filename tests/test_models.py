@@ -36,7 +36,7 @@ def test_every_registered_model_is_covered():
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_backbone_learns_well_above_chance(name, learnable, tmp_path):
-    config = RunConfig(data=DataConfig(cache_dir=None), model={"name": name, **SMALL[name]},
+    config = RunConfig(data=DataConfig(source="synthetic", cache_dir=None), model={"name": name, **SMALL[name]},
                        train={"batch_size": 256, "learning_rate": 3e-3, "epochs": 6, "seed": 1,
                               "progress": False}, output_dir=str(tmp_path))
     _, _, metrics = train_run(config, dataset=learnable, log=lambda line: None)

@@ -16,7 +16,7 @@ from genctr.pretrain.balance import Balancer, BalancerOptions
 from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
 from genctr.pretrain.denoiser import DenoiserOptions, GuidedSelfAttention
 from genctr.pretrain.heads import HeadOptions, cosine_softmax_loss
-from genctr.pretrain.loop import PretrainConfig, build_network, load_pretrained, pretrain_run
+from genctr.pretrain.loop import PretrainConfig, PretrainOptions, build_network, load_pretrained, pretrain_run
 from genctr.runs import load_run, train_run
 from genctr.train import predict_split
 
@@ -150,7 +150,7 @@ def test_computing_only_the_label_token_gives_the_full_forward_label_vector(smal
 
 
 def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
-    net = build_network(field_infos(small_synthetic.encoder), PretrainConfig().pretrain)
+    net = build_network(field_infos(small_synthetic.encoder), PretrainOptions())
     batch = batch_of(small_synthetic.splits["train"], slice(0, 64))
     masks = net.masks(batch, torch.Generator().manual_seed(1))
     user = [f.name for f in net.fields].index("user_id")
@@ -171,7 +171,7 @@ def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
 
 
 def test_scoring_a_random_subset_of_occurrences_estimates_the_field_loss_without_bias(small_synthetic):
-    net = build_network(field_infos(small_synthetic.encoder), PretrainConfig().pretrain)
+    net = build_network(field_infos(small_synthetic.encoder), PretrainOptions())
     batch = batch_of(small_synthetic.splits["train"], slice(0, 256))
     masks = net.masks(batch, torch.Generator().manual_seed(1))
     hidden = torch.randn(256, net.denoiser.num_tokens, net.denoiser.options.d_model)

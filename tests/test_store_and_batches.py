@@ -31,7 +31,7 @@ def test_cache_hit_is_memory_mapped_and_identical(tmp_path):
     assert isinstance(second.splits["train"].tokens["user"], np.memmap)
     np.testing.assert_array_equal(first.splits["test"].tokens["amount"],
                                   second.splits["test"].tokens["amount"])
-    assert len(list(cache.iterdir())) == 1
+    assert len([p for p in cache.iterdir() if not p.name.startswith(".")]) == 1  # + its lock
 
 
 def test_changed_schema_or_file_never_reuses_the_cache(tmp_path):
@@ -59,7 +59,10 @@ def test_batches_cover_every_row_once_and_shuffle_by_seed(small_synthetic):
     first = batches[0]
     assert first.tokens["hist_items"].shape == (256, 10)
     assert first.values["price"].dtype == torch.float32
-    assert first.group is not None and torch.equal(first.group, first.tokens["user_id"])
+    # group: a hash of the raw user id, one group per user (train users all have their token)
+    assert first.group is not None and first.group.dtype == torch.int64
+    pairs = set(zip(first.group.tolist(), first.tokens["user_id"].tolist()))
+    assert len(pairs) == len(set(first.group.tolist())) == len(set(first.tokens["user_id"].tolist()))
 
 
 def test_batches_in_order_and_drop_last(small_synthetic):

@@ -233,7 +233,7 @@ def test_neutral_modes_zero_and_learned(small_synthetic):
 
 
 def test_field_dropout_trains_the_learned_neutral_embedding(small_synthetic, tmp_path):
-    config = RunConfig(data=DataConfig(cache_dir=None),
+    config = RunConfig(data=DataConfig(source="synthetic", cache_dir=None),
                        model={"name": "dnn", "hidden_units": [16], "learned_neutral": True},
                        train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False,
                               "field_dropout": 0.2}, output_dir=str(tmp_path))

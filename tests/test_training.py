@@ -16,7 +16,7 @@ from genctr.train import Trainer, TrainingDiverged
 
 
 def config(tmp_path, **train):
-    return RunConfig(data=DataConfig(cache_dir=str(tmp_path / "cache"),
+    return RunConfig(data=DataConfig(source="synthetic", cache_dir=str(tmp_path / "cache"),
                                      options={"rows": 6000, "users": 100, "items": 80}),
                      model={"name": "dnn", "hidden_units": [32], "dropout": 0.2},
                      train={"batch_size": 256, "epochs": 4, "patience": 10, "seed": 5,
@@ -40,10 +40,10 @@ def test_resume_after_a_kill_reaches_the_same_metrics(tmp_path, monkeypatch):
     run, _, uninterrupted = train_run(config(tmp_path), tmp_path / "full", log=quiet)
     original = Trainer._train_epoch
 
-    def killed_in_epoch_2(self, forward, model, optimizer, train, epoch):
-        if epoch == 2:
+    def killed_in_epoch_2(self, forward, model, optimizer, train, state):
+        if state.epoch == 2:
             raise KeyboardInterrupt("simulated kill")
-        return original(self, forward, model, optimizer, train, epoch)
+        return original(self, forward, model, optimizer, train, state)
 
     monkeypatch.setattr(Trainer, "_train_epoch", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
@@ -72,16 +72,17 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, 
     cfg = config(tmp_path)
     original = Trainer._train_epoch
 
-    def poison_epoch_1(self, forward, model, optimizer, train, epoch):
-        if epoch == 1:
+    def poison_epoch_1(self, forward, model, optimizer, train, state):
+        if state.epoch == 1:
             with torch.no_grad():
                 next(iter(model.mlp.parameters())).fill_(float("nan"))
-        return original(self, forward, model, optimizer, train, epoch)
+        return original(self, forward, model, optimizer, train, state)
 
     monkeypatch.setattr(Trainer, "_train_epoch", poison_epoch_1)
-    with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1, batch 0.*last good"):
+    with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1, batch 0; the checkpoint "
+                                               "after epoch 0 is kept"):
         train_run(cfg, tmp_path / "nan", log=quiet)
-    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "nan" / "checkpoint.pt", weights_only=True)
     assert saved["state"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
 

@@ -18,14 +18,17 @@ from genctr.data.store import prepare
 from genctr.errors import ConfigError, GenctrError
 from genctr.schema import parse_model
 
+# plain click help (rich_markup_mode=None): the rich renderer shows every flag as `--resume <bool>`
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="CTR prediction: backbones, generative pre-training, test-time inference.")
 datasets_app = typer.Typer(help="List the dataset sources, or print a dataset's statistics.",
-                           invoke_without_command=True)
+                           invoke_without_command=True, rich_markup_mode=None)
 app.add_typer(datasets_app, name="datasets")
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 DEFAULT_CACHE = Path(".cache/genctr")
+MIN_SEGMENT_CLASS = 100  # a segment AUC over fewer positives (or negatives) is not reported as a result
 DataDir = typer.Option(None, "--data-dir", help="folder (or file) holding the raw dataset")
 CacheDir = typer.Option(DEFAULT_CACHE, "--cache-dir", help="where encoded splits are cached")
 Options = typer.Option([], "--option", "-o", help="source option KEY=VALUE (repeatable)")
@@ -60,9 +63,27 @@ def datasets_stats(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Pat
     source = make_source(name, data_dir, **parse_options(option))
     started = time.perf_counter()
     dataset = prepare(source, cache_dir)
-    console.print(f"[bold]{name}[/bold]: encoded in {time.perf_counter() - started:.2f} s "
-                  f"(cache {dataset.folder})")
+    console.print(f"[bold]{name}[/bold]: {how_prepared(dataset, time.perf_counter() - started)}")
     print_stats(dataset)
+
+
+def how_prepared(dataset, seconds: float) -> str:
+    """'encoded in 3.2 s into X' or 'loaded from cache X': a cache hit is not an encoding."""
+    if dataset.from_cache:
+        return f"loaded from cache {dataset.folder} in {seconds:.2f} s"
+    return f"encoded in {seconds:.2f} s into {dataset.folder}"
+
+
+@datasets_app.command("example")
+def datasets_example(folder: Path, rows: int = typer.Option(20_000, "--rows", min=100),
+                     seed: int = typer.Option(0, "--seed")) -> None:
+    """Write FOLDER/clicks.csv, an example click log for configs/example-tabular.yaml."""
+    from genctr.data.example import write_example
+
+    path = write_example(folder, rows, seed)
+    console.print(f"wrote {rows:,} rows to {path}; train on them with "
+                  "`.venv/bin/genctr train configs/example-tabular.yaml` (its data_dir is "
+                  "../data/example, relative to the config file)")
 
 
 def print_stats(dataset) -> None:
@@ -85,8 +106,8 @@ def encode(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Path = Cach
     """Encode a dataset into the cache (fit on train, transform every split)."""
     started = time.perf_counter()
     dataset = prepare(make_source(name, data_dir, **parse_options(option)), cache_dir)
-    console.print(f"{name}: {sum(len(s) for s in dataset.splits.values()):,} rows encoded in "
-                  f"{time.perf_counter() - started:.2f} s into {dataset.folder}")
+    console.print(f"{name}: {sum(len(s) for s in dataset.splits.values()):,} rows "
+                  f"{how_prepared(dataset, time.perf_counter() - started)}")
 
 
 def print_metrics(metrics: dict[str, Any], title: str) -> None:
@@ -102,16 +123,24 @@ def print_metrics(metrics: dict[str, Any], title: str) -> None:
     console.print(table)
     segments = {s: v for s, v in metrics.get("test", {}).get("segments", {}).items()}
     if segments:
-        seg_table = Table("test segment", "AUC", "logloss", "rows")
+        seg_table = Table("test segment", "AUC", "logloss", "rows", "positives",
+                          caption=f"* fewer than {MIN_SEGMENT_CLASS} positives or negatives: "
+                                  "the AUC is noise")
         for name, v in segments.items():
-            seg_table.add_row(name, f"{v['auc']:.5f}", f"{v['logloss']:.5f}", f"{v['rows']:,}")
+            positives = v.get("positives")
+            thin = positives is not None and min(positives, v["rows"] - positives) < MIN_SEGMENT_CLASS
+            seg_table.add_row(name + (" *" if thin else ""), f"{v['auc']:.5f}", f"{v['logloss']:.5f}",
+                              f"{v['rows']:,}", "" if positives is None else f"{positives:,}")
         console.print(seg_table)
 
 
 @app.command()
 def train(config_file: Path, output: Optional[Path] = typer.Option(None, "--output",
           help="run folder (default: OUTPUT_DIR/NAME from the config)"),
-          resume: bool = typer.Option(False, "--resume", help="continue a killed run"),
+          resume: bool = typer.Option(False, "--resume", metavar="",
+                                      help="continue the run in the folder (a killed or finished run)"),
+          overwrite: bool = typer.Option(False, "--overwrite", metavar="",
+                                         help="replace an existing run, once the new one has succeeded"),
           init_from: Optional[Path] = typer.Option(
               None, "--init-from", help="fine-tune from a pre-training run (genctr pretrain)")) -> None:
     """Train one run from a YAML config; saves config, encoder, weights, history, metrics."""
@@ -120,8 +149,9 @@ def train(config_file: Path, output: Optional[Path] = typer.Option(None, "--outp
 
     config = load_run_config(config_file)
     if init_from is not None:
-        config = config.model_copy(update={"init_from": str(init_from)})
-    run, state, metrics = train_run(config, output, resume=resume, log=console.print)
+        config = config.model_copy(update={"init_from": str(init_from.resolve())})
+    run, state, metrics = train_run(config, output, resume=resume, overwrite=overwrite,
+                                    log=console.print)
     print_metrics(metrics, f"{config.model_name} on {config.data.source}, best epoch "
                            f"{state.best_epoch} (run saved in {run.folder})")
 
@@ -135,14 +165,22 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
              option: list[str] = typer.Option([], "--option", "-o",
                                               help="inference option KEY=VALUE (repeatable; e.g. mix=0.5, "
                                                    "confidence.quantile=0.9)"),
-             measure_latency: bool = typer.Option(False, "--latency", help="also time p50/p99 latency")) -> None:
+             measure_latency: bool = typer.Option(False, "--latency", metavar="",
+                                                  help="also time p50/p99 latency"),
+             data_dir: Optional[Path] = typer.Option(
+                 None, "--data-dir", help="the dataset's folder, if it moved since training")) -> None:
     """Evaluate a saved run on its dataset's splits, with plain or test-time inference."""
     from genctr.runs import evaluate_split, load_run
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, data_dir)
     dataset = prepare(run.config.data.make_source(), run.config.data.cache_dir)
-    if inference == "plain" and budget is None and paths is None and not option:
-        metrics = {s: evaluate_split(run.model, dataset.splits[s]) for s in split}
+    unknown = [s for s in split if s not in dataset.splits]
+    if unknown:
+        raise ConfigError(f"--split {', '.join(unknown)}: no such split; the dataset has "
+                          f"{sorted(dataset.splits)}")
+    if inference == "plain" and budget is None and paths is None and not option and not measure_latency:
+        size = run.config.train.eval_batch_size
+        metrics = {s: evaluate_split(run.model, dataset.splits[s], size) for s in split}
         print_metrics(metrics, f"{run.config.model_name} from {run_dir}")
         return
     from genctr.testtime.evaluate import evaluate_inference
@@ -173,22 +211,33 @@ def nested_options(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.command()
-def predict(run_dir: Path, input_file: Path, output_file: Path) -> None:
-    """Score raw CSV/Parquet rows with a saved run; writes the rows plus `probability`."""
+def predict(run_dir: Path, input_file: Path, output_file: Path,
+            separator: str = typer.Option(",", "--separator", help="field separator of a text "
+                                          "input file (e.g. $'\\t' for tab-separated rows)")) -> None:
+    """Score raw CSV/Parquet rows with a saved run; writes the rows plus `probability`, and
+    OUTPUT_FILE.unseen.json with the share of never-seen values per field."""
     from genctr.runs import load_run, predict_file
 
-    rows = predict_file(load_run(run_dir), input_file, output_file)
-    console.print(f"wrote {rows:,} probabilities to {output_file}")
+    separator = {"\\t": "\t", "tab": "\t"}.get(separator, separator)
+    rows, unseen = predict_file(load_run(run_dir), input_file, output_file, separator=separator,
+                                log=lambda line: print(line, file=sys.stderr))
+    print("unseen values per field: " + ", ".join(f"{k} {v:.1%}" for k, v in unseen.items()),
+          file=sys.stderr)
+    console.print(f"wrote {rows:,} probabilities to {output_file} (unseen-value shares in "
+                  f"{output_file}.unseen.json)")
 
 
 @app.command()
 def pretrain(config_file: Path, output: Optional[Path] = typer.Option(
-        None, "--output", help="run folder (default: OUTPUT_DIR/NAME from the config)")) -> None:
+        None, "--output", help="run folder (default: OUTPUT_DIR/NAME from the config)"),
+        overwrite: bool = typer.Option(False, "--overwrite", metavar="",
+                                       help="replace an existing pre-training once the new one has succeeded")
+        ) -> None:
     """Generative pre-training (HeteGenCTR / uniform diffusion); logs per-field losses and weights."""
     from genctr.pretrain.loop import load_pretrain_config, pretrain_run
 
     config = load_pretrain_config(config_file)
-    folder, _, history = pretrain_run(config, output, log=console.print)
+    folder, _, history = pretrain_run(config, output, log=console.print, overwrite=overwrite)
     console.print(f"pre-training saved in {folder} ({len(history)} epochs, median "
                   f"{sorted(h['epoch_seconds'] for h in history)[len(history) // 2]:.1f} s/epoch); "
                   f"per-field summary {folder / 'fields.md'}, plot {folder / 'field_weights.png'}")
@@ -211,6 +260,9 @@ def report(benchmarks_dir: Path = typer.Option(Path("benchmarks"), "--benchmarks
     """Render benchmarks/RESULTS.md from the records in benchmarks/results/."""
     from genctr.report import write_results_markdown
 
+    if not (benchmarks_dir / "results").is_dir():
+        raise ConfigError(f"{benchmarks_dir / 'results'}: no such folder; run `genctr report` from "
+                          "the repository root or pass --benchmarks-dir")
     console.print(f"wrote {write_results_markdown(benchmarks_dir)}")
 
 

@@ -43,7 +43,7 @@ def run_demo(console: Console, cache_dir: Path, output_dir: Path = Path("runs/de
         config = RunConfig(name=label, data=data, model=model, output_dir=str(output_dir),
                            train={"batch_size": 512, "epochs": 10, "seed": 1})
         console.print(f"training {label} ...")
-        run, state, metrics = train_run(config, dataset=dataset, log=lambda line: None)
+        run, state, metrics = train_run(config, dataset=dataset, log=lambda line: None, overwrite=True)
         test = metrics["test"]
         histories[label] = state.history
         results[label] = metrics
@@ -70,7 +70,8 @@ def demo_hetegen(console: Console, data: DataConfig, dataset, output_dir: Path) 
     console.print("pre-training HeteGenCTR (self_balancing, difficulty-guided attention) ...")
     config = PretrainConfig(data=data, pretrain={"epochs": 2, "batch_size": 1024, "seed": 1,
                                                  "corruption": {"label_only_rate": 0.1}})
-    folder, net, history = pretrain_run(config, output_dir / "pretrain", dataset, log=lambda line: None)
+    folder, net, history = pretrain_run(config, output_dir / "pretrain", dataset, log=lambda line: None,
+                                        overwrite=True)
     table = Table("field", "kind", "final loss", "accuracy", "learned weight exp(-s)",
                   title=f"pre-training: per-field reconstruction ({folder / 'fields.md'})")
     for row in json.loads((folder / "fields.json").read_text()):
@@ -83,7 +84,7 @@ def demo_hetegen(console: Console, data: DataConfig, dataset, output_dir: Path) 
         run_config = RunConfig(name=label.replace(", ", "-").replace(" ", ""), data=data,
                                model={"name": "hetegen"}, init_from=init_from, output_dir=str(output_dir),
                                train={"batch_size": 1024, "epochs": 3, "seed": 1, "progress": False})
-        _, _, metrics = train_run(run_config, dataset=dataset, log=lambda line: None)
+        _, _, metrics = train_run(run_config, dataset=dataset, log=lambda line: None, overwrite=True)
         results[label] = metrics["test"]
         tuned.add_row(label, f"{metrics['test']['auc']:.4f}", f"{metrics['test']['logloss']:.4f}")
     console.print(tuned)

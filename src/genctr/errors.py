@@ -3,6 +3,8 @@
 The CLI prints these as one clear message instead of a traceback.
 """
 
+import sys
+
 
 class GenctrError(Exception):
     """Base class of every error caused by input rather than by a bug."""
@@ -14,3 +16,9 @@ class ConfigError(GenctrError):
 
 class DataError(GenctrError):
     """A data file that is missing, empty or holds values its schema does not allow."""
+
+
+def notice(message: str) -> None:
+    """Tell the user about a documented treatment of their data (values filled, counted), on
+    stderr, without stopping: it is not an error, but it must not be silent."""
+    print(f"note: {message}", file=sys.stderr)

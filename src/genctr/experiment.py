@@ -20,16 +20,17 @@ import yaml
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from genctr.config import DataConfig, RunConfig
+from genctr.config import DataConfig, RunConfig, resolve_data_paths
 from genctr.data.store import prepare
 from genctr.errors import GenctrError
+from genctr.files import append_jsonl, check_writable, results_lock
 from genctr.models import model_options
 from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions, final_field_weights
 from genctr.provenance import git_commit, machine, now_iso
 from genctr.schema import Strict, parse_model, read_yaml
 from genctr.testtime.inference import InferenceOptions
 from genctr.runs import METRICS_FILE
-from genctr.train import BEST_WEIGHTS, TrainConfig
+from genctr.train import BEST_WEIGHTS, HISTORY, TrainConfig
 
 
 class FinetuneSpec(Strict):
@@ -103,17 +104,24 @@ class ExperimentConfig(Strict):
         return [(t, m, s, p) for t in self.tasks for m in self.models for s in self.seeds
                 for p in (self.finetune[m].pretrain if m in self.finetune else ["none"])]
 
+    def pretrain_folder(self, task: str, label: str, seed: int) -> Path:
+        return Path(self.output_dir) / self.name / task / f"pretrain-{label}" / f"seed{seed}"
+
+    def run_folder(self, task: str, model: str, seed: int, pretrain: str = "none") -> Path:
+        tuned = pretrain != "none"
+        return Path(self.output_dir) / self.name / task / f"{model}{'+' + pretrain if tuned else ''}" / f"seed{seed}"
+
     def pretrain_config(self, task: str, label: str, seed: int) -> PretrainConfig:
         options = self.pretrain[label] | {"seed": seed}
-        return PretrainConfig(name=f"{self.name}/{task}/pretrain-{label}/seed{seed}",
+        return PretrainConfig(name=f"{self.name}.{task}.pretrain-{label}.seed{seed}",
                               data=self.tasks[task], pretrain=options, output_dir=self.output_dir)
 
     def run_config(self, task: str, model: str, seed: int, pretrain: str = "none") -> RunConfig:
         train = self.train.model_dump() | self.model_train.get(model, {}) | {"seed": seed,
                                                                             "progress": False}
         tuned = pretrain != "none"
-        init_from = str(Path(self.output_dir) / self.pretrain_config(task, pretrain, seed).run_name()) if tuned else None
-        return RunConfig(name=f"{self.name}/{task}/{model}{'+' + pretrain if tuned else ''}/seed{seed}",
+        init_from = str(self.pretrain_folder(task, pretrain, seed).resolve()) if tuned else None
+        return RunConfig(name=f"{self.name}.{task}.{model}{'+' + pretrain if tuned else ''}.seed{seed}",
                          data=self.tasks[task], model=self.models[model],
                          train=TrainConfig.model_validate(train), output_dir=self.output_dir,
                          init_from=init_from,
@@ -130,7 +138,14 @@ def _expand(options: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    return parse_model(ExperimentConfig, read_yaml(path), str(path))
+    """Tasks' data paths resolve against the experiment file's folder (as in a run config);
+    `results` and `output_dir` against the working directory."""
+    data = read_yaml(path)
+    if isinstance(data, dict) and isinstance(data.get("tasks"), dict):
+        base = Path(path).resolve().parent
+        data = data | {"tasks": {task: resolve_data_paths(spec, base) if isinstance(spec, dict) else spec
+                                 for task, spec in data["tasks"].items()}}
+    return parse_model(ExperimentConfig, data, str(path))
 
 
 def recorded(results: Path, experiment: str) -> tuple[set[tuple], set[tuple]]:
@@ -155,6 +170,12 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
     seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
     return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
             "pretrain_field_weights": final_field_weights(config.init_from)}
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a trained run (history.jsonl)."""
+    path = run_dir / HISTORY
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
@@ -218,24 +239,32 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
         result = evaluate_inference(run, datasets[task], options, measure_latency=experiment.latency)
         record = inference_record(task, model, seed, pretrain, variant, result, options,
                                   experiment.name, run_dir, commit, pretrained)
-        with results.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(results, record, locked=False)  # run_experiment holds the lock
         log(f"  {task} {model} seed {seed} {record['inference']} ({variant}): test auc "
             f"{record['test_auc']:.5f} logloss {record['test_logloss']:.5f} cost {record['avg_cost']:.2f}")
     return len(todo)
 
 
 def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = print) -> int:
-    """Train every cell not yet in the results file; returns how many cells ran."""
+    """Train every cell not yet in the results file; returns how many cells ran.
+
+    The results file is checked for writing before any cell trains, and locked for the whole
+    run: a second `genctr run` on the same file stops with one line."""
     results = Path(experiment.results)
+    check_writable(results, "the results file")
     results.parent.mkdir(parents=True, exist_ok=True)
+    with results_lock(results):
+        return _run_cells(experiment, results, log)
+
+
+def _run_cells(experiment: ExperimentConfig, results: Path, log: Callable[[str], None]) -> int:
     done, inference_done = recorded(results, experiment.name)
     commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     ran, datasets = 0, {}
     for cell in experiment.cells():
         task, model, seed, pretrain = cell
         config = experiment.run_config(task, model, seed, pretrain)
-        run_dir = Path(config.output_dir) / config.run_name()
+        run_dir = experiment.run_folder(task, model, seed, pretrain)
         finished = (run_dir / BEST_WEIGHTS).is_file() and (run_dir / METRICS_FILE).is_file()
         if cell in done or (experiment.inference and finished):
             log(f"skip training {task} {model} seed {seed} ({pretrain}): already recorded or finished")
@@ -252,15 +281,16 @@ def _pretrain_cell(experiment: ExperimentConfig, task: str, label: str, seed: in
                    log: Callable[[str], None]) -> None:
     """Run the pre-training a fine-tuning cell needs, unless it has finished already."""
     config = experiment.pretrain_config(task, label, seed)
-    folder = Path(config.output_dir) / config.run_name()
+    folder = experiment.pretrain_folder(task, label, seed)
     if (folder / WEIGHTS_FILE).is_file():
         return
     folder.parent.mkdir(parents=True, exist_ok=True)
     config_path = folder.parent / f"{folder.name}-pretrain.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     log(f"pre-train {task} {label} seed {seed} -> {folder}")
+    # an unfinished pre-training of this cell (killed) is replaced; it is this experiment's own
     done = subprocess.run([sys.executable, "-m", "genctr", "pretrain", str(config_path), "--output",
-                           str(folder)], text=True)
+                           str(folder), "--overwrite"], text=True)
     if done.returncode != 0:
         raise GenctrError(f"pre-training {task}/{label}/seed {seed} failed (exit {done.returncode})")
 
@@ -268,8 +298,8 @@ def _pretrain_cell(experiment: ExperimentConfig, task: str, label: str, seed: in
 def _train_cell(experiment: ExperimentConfig, cell: tuple[str, str, int, str], config: RunConfig,
                 run_dir: Path, results: Path, commit: str, log: Callable[[str], None]) -> int:
     task, model, seed, pretrain = cell
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "experiment-cell.yaml"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir.parent / f"{run_dir.name}-cell.yaml"  # beside the run, not in it
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     log(f"run {task} {model} seed {seed} -> {run_dir}")
     command = [sys.executable, "-m", "genctr", "train", str(config_path), "--output",
@@ -279,7 +309,8 @@ def _train_cell(experiment: ExperimentConfig, cell: tuple[str, str, int, str], c
         raise GenctrError(f"cell {task}/{model}/seed {seed} failed (exit {finished.returncode})")
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit, pretrain)
-    with results.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    record["history"] = [{k: e[k] for k in ("epoch", "train_loss", "valid_auc", "valid_logloss")}
+                         for e in read_history(run_dir)]
+    append_jsonl(results, record, locked=False)  # run_experiment holds the lock
     log(f"  test auc {record['test_auc']:.5f} logloss {record['test_logloss']:.5f}")
     return 1

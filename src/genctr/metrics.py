@@ -69,7 +69,7 @@ def evaluate_predictions(label: np.ndarray, prob: np.ndarray, group: np.ndarray 
     result["segments"] = {
         name: {"auc": auc(label[mask], prob[mask]),
                "logloss": logloss(label[mask], prob[mask]) if mask.any() else float("nan"),
-               "rows": int(mask.sum())}
+               "rows": int(mask.sum()), "positives": int(label[mask].sum())}
         for name, mask in (segments or {}).items()
     }
     return result

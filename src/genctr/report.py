@@ -10,7 +10,6 @@ import numpy as np
 
 from genctr.metrics import paired_t_test
 from genctr.plots import plot_auc_bars, plot_gain_vs_cost, plot_training_curves
-from genctr.pretrain.loop import final_field_weights
 
 HEADER = """# Benchmark results
 
@@ -304,10 +303,8 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
                      + "".join(f"{x} | " for x in segments) + f"{seconds} |")
     weights: dict[str, dict[str, float]] = {}
     for r in sorted(tuned, key=lambda r: r["seed"]):
-        if r["pretrain"] not in weights:  # records older than the key: read the run, if present
-            found = r.get("pretrain_field_weights") or final_field_weights(r.get("pretrain_run") or "")
-            if found:
-                weights[r["pretrain"]] = found
+        if r["pretrain"] not in weights and r.get("pretrain_field_weights"):
+            weights[r["pretrain"]] = r["pretrain_field_weights"]
     if weights:
         names = list(next(iter(weights.values())))
         lines += ["", "Final per-field loss weights of each pre-training (lowest seed; "
@@ -319,13 +316,13 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
 
 
 def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """Per method, the per-epoch history of its lowest-seed run, where that run folder exists."""
+    """Per method, the per-epoch history its lowest-seed record carries (records alone: the
+    report must render the same in a fresh clone, where no run folder exists)."""
     histories = {}
     for label, records in groups.items():
-        run_dir = min(records, key=lambda r: r["seed"]).get("run_dir")
-        history = Path(run_dir or "") / "history.jsonl"
-        if run_dir and history.is_file():
-            histories[label] = read_records(history)
+        history = min(records, key=lambda r: r["seed"]).get("history")
+        if history:
+            histories[label] = history
     return histories
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import resource
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,10 +23,14 @@ from genctr.data.raw import FILE_COLUMN, LINE_COLUMN, RawDataset
 from genctr.data.sources.base import read_table_file
 from genctr.data.store import EncodedDataset, prepare
 from genctr.errors import DataError
+from genctr.files import check_writable
 from genctr.metrics import evaluate_predictions
 from genctr.models import CTRModel, build_model
 from genctr.nn.embedding import field_infos
-from genctr.train import BEST_WEIGHTS, Trainer, TrainState, predict_split, seed_everything
+from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file
+from genctr.schema import OOV, PAD, FieldKind, parse_model, read_yaml
+from genctr.train import (BEST_WEIGHTS, CHECKPOINT, Trainer, TrainState, load_weights,
+                          predict_split, seed_everything)
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.json"
@@ -48,60 +51,116 @@ def build_for(config: RunConfig, encoder: FeatureEncoder) -> CTRModel:
     return build_model(config.model_name, field_infos(encoder), config.model_kwargs)
 
 
-def evaluate_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536,
-                   bf16: bool = False) -> dict[str, Any]:
-    prob = predict_split(model, split, batch_size, bf16)
+def evaluate_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536) -> dict[str, Any]:
+    """Every metric of one split, always in fp32 (bf16 is a training speed-up only), so that
+    `genctr evaluate RUN` reproduces the metrics.json written by training exactly."""
+    prob = predict_split(model, split, batch_size)
     return evaluate_predictions(split.label, prob, split.group, split.segments)
 
 
-def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool = False,
-              dataset: EncodedDataset | None = None, log: Callable[[str], None] = print
-              ) -> tuple[Run, TrainState, dict[str, Any]]:
-    """Train, reload the best epoch, evaluate on valid and test, and save everything."""
-    folder = Path(folder or Path(config.output_dir) / config.run_name())
-    if folder.exists() and not resume:
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+# keys of a run's config that may change when it is continued with --resume
+RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "train.epochs", "train.patience",
+                  "train.progress", "train.threads", "train.eval_batch_size"}
+MIN_VALID_POSITIVES = 100
+
+
+def effective_config(config: RunConfig, dataset: EncodedDataset,
+                     log: Callable[[str], None]) -> RunConfig:
+    """The config the run really uses: a pre-trained `hetegen` model's options filled in, and
+    the monitor switched to logloss when valid has too few positives for a stable AUC."""
     if config.init_from:
         from genctr.pretrain.transfer import pretrained_model_options
 
         config = config.model_copy(update={"model": pretrained_model_options(config.model, config.init_from)})
-    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    dataset.encoder.save(folder / ENCODER_FILE)
-    model = build_for(config, dataset.encoder)
-    if config.init_from:
-        from genctr.pretrain.transfer import transfer_pretrained
+    positives = int(np.asarray(dataset.splits["valid"].label).sum())
+    if positives < MIN_VALID_POSITIVES and config.train.monitor == "auc":
+        log(f"warning: the valid split has only {positives} positive(s) (< {MIN_VALID_POSITIVES}); "
+            "its AUC is too noisy to pick the best epoch, so train.monitor is switched to logloss")
+        config = config.model_copy(update={"train": config.train.model_copy(update={"monitor": "logloss"})})
+    return config
 
-        moved = transfer_pretrained(model, config.init_from, dataset.encoder, config.freeze_embeddings)
-        log(f"initialised from {config.init_from}: {', '.join(moved)}")
-    state = Trainer(config.train, folder, log).fit(model, dataset.splits["train"],
-                                                   dataset.splits["valid"], resume=resume)
-    bf16, size = config.train.bf16, config.train.eval_batch_size
-    metrics = {split: evaluate_split(model, dataset.splits[split], size, bf16)
-               for split in ("valid", "test")}
-    epochs = state.history
-    metrics["training"] = {
-        "epochs": len(epochs), "best_epoch": state.best_epoch,
-        "epoch_seconds": float(np.median([e["epoch_seconds"] for e in epochs])),
-        "train_samples_per_s": float(np.median([e["train_samples_per_s"] for e in epochs])),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
-    return Run(folder, config, dataset.encoder, model), state, metrics
+
+def check_trainable(dataset: EncodedDataset) -> None:
+    labels = np.unique(np.asarray(dataset.splits["train"].label))
+    if len(labels) < 2:
+        raise DataError(f"{dataset.name}: every training label is {labels.tolist()}; a CTR model "
+                        "needs both clicks (1) and non-clicks (0) in the train split")
+
+
+def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool = False,
+              dataset: EncodedDataset | None = None, log: Callable[[str], None] = print,
+              overwrite: bool = False) -> tuple[Run, TrainState, dict[str, Any]]:
+    """Train, reload the best epoch, evaluate on valid and test, and save everything.
+
+    The config and data are checked before any folder is touched; see genctr.rundir for what
+    happens to an existing folder."""
+    target = Path(folder or Path(config.output_dir) / config.run_name())
+    dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+    check_trainable(dataset)
+    config = effective_config(config, dataset, log)
+    with open_run_folder(target, "train", resume, overwrite) as (work, existing):
+        resuming = existing and (work / CHECKPOINT).is_file()
+        if resuming:
+            saved = read_yaml(require_run_file(work, CONFIG_FILE, "run"))
+            check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
+        else:
+            _write_config(work, config)
+            dataset.encoder.save(work / ENCODER_FILE)
+        model = build_for(config, dataset.encoder)
+        if config.init_from and not resuming:
+            from genctr.pretrain.transfer import transfer_pretrained
+
+            moved = transfer_pretrained(model, config.init_from, dataset.encoder, config.freeze_embeddings)
+            log(f"initialised from {config.init_from}: {', '.join(moved)}")
+        state = Trainer(config.train, work, log).fit(model, dataset.splits["train"],
+                                                     dataset.splits["valid"], resume=resuming)
+        if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
+            _write_config(work, config)
+        size = config.train.eval_batch_size
+        metrics = {split: evaluate_split(model, dataset.splits[split], size)
+                   for split in ("valid", "test")}
+        epochs = state.history
+        metrics["training"] = {
+            "epochs": len(epochs), "best_epoch": state.best_epoch,
+            "epoch_seconds": float(np.median([e["epoch_seconds"] for e in epochs])),
+            "train_samples_per_s": float(np.median([e["train_samples_per_s"] for e in epochs])),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        (work / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+    ratio = metrics["test"]["predicted_over_observed"]
+    log(f"predicted / observed click rate on test: {ratio:.3f}"
+        + ("" if 0.5 <= ratio <= 2 else " (far from 1: the model is badly calibrated)"))
+    return Run(target, config, dataset.encoder, model), state, metrics
+
+
+def _write_config(folder: Path, config: RunConfig) -> None:
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+UNSEEN_WARNING_SHARE = 0.5
 
 
 def predict_file(run: Run, input_path: str | Path, output_path: str | Path,
-                 batch_size: int = 65536) -> int:
+                 batch_size: int = 65536, separator: str = ",",
+                 log: Callable[[str], None] = print) -> tuple[int, dict[str, float]]:
     """Score raw CSV/Parquet rows with the run's saved encoder (unseen values go to OOV).
 
-    Writes the input columns plus `probability`, as CSV or Parquet by the output suffix.
-    """
+    Writes the input columns plus `probability`, as CSV or Parquet by the output suffix, and
+    beside it `<output>.unseen.json`: the share of values per field the encoder never saw in
+    training (a field mostly unseen usually means the rows are coded differently from the
+    training data). Returns the row count and those shares."""
     input_path, output_path = Path(input_path), Path(output_path)
-    frame = read_table_file(input_path)
+    check_writable(output_path, "the output file")
+    frame = read_table_file(input_path, separator)
     schema = run.encoder.schema
     raw = RawDataset(schema, frame, {})
     split = run.encoder.encode_frame(frame, raw, with_label=schema.label.column in frame.columns)
+    unseen = unseen_shares(split, run.encoder)
+    for field, share in unseen.items():
+        if share > UNSEEN_WARNING_SHARE:
+            log(f"warning: {share:.0%} of field '{field}' values in {input_path} were never seen "
+                "in training (scored as out-of-vocabulary); are these rows coded like the "
+                "training data?")
     probability = predict_split(run.model, split, batch_size)
     visible = [c for c in frame.columns if c not in (FILE_COLUMN, LINE_COLUMN)]
     out = frame.select(visible).with_columns(pl.Series("probability", probability))
@@ -110,17 +169,39 @@ def predict_file(run: Run, input_path: str | Path, output_path: str | Path,
         out.write_parquet(output_path)
     else:
         out.write_csv(output_path)
-    return out.height
+    sidecar = output_path.with_name(output_path.name + ".unseen.json")
+    sidecar.write_text(json.dumps({"input": str(input_path), "rows": out.height,
+                                   "unseen_share": unseen}, indent=1))
+    return out.height, unseen
 
 
-def load_run(folder: str | Path) -> Run:
-    """Rebuild a saved run's model with its best weights (no training data needed)."""
+def unseen_shares(split: EncodedSplit, encoder: FeatureEncoder) -> dict[str, float]:
+    """Per categorical-like field: the share of its (non-padding) values that map to OOV.
+    Numeric fields are left out (their OOV token means a missing value, not an unseen one)."""
+    shares = {}
+    for spec in encoder.schema.fields:
+        if spec.kind is FieldKind.numeric:
+            continue
+        tokens = np.asarray(split.tokens[spec.name])
+        present = tokens != PAD
+        count = int(present.sum())
+        shares[spec.name] = float((tokens[present] == OOV).sum() / count) if count else 0.0
+    return shares
+
+
+def load_run(folder: str | Path, data_dir: str | Path | None = None) -> Run:
+    """Rebuild a saved run's model with its best weights (no training data needed).
+
+    `data_dir` replaces the data folder recorded in the run (data moved since training)."""
     folder = Path(folder)
-    if not (folder / BEST_WEIGHTS).is_file():
-        raise DataError(f"{folder}: not a finished run (no {BEST_WEIGHTS})")
-    config = RunConfig.model_validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
-    encoder = FeatureEncoder.load(folder / ENCODER_FILE)
+    weights = require_run_file(folder, BEST_WEIGHTS, "run (training has not finished)")
+    config = parse_model(RunConfig, read_yaml(require_run_file(folder, CONFIG_FILE, "run")),
+                         str(folder / CONFIG_FILE))
+    if data_dir is not None:
+        config = config.model_copy(update={"data": config.data.model_copy(
+            update={"data_dir": str(Path(data_dir).resolve())})})
+    encoder = FeatureEncoder.load(require_run_file(folder, ENCODER_FILE, "run"))
     model = build_for(config, encoder)
-    model.load_state_dict(torch.load(folder / BEST_WEIGHTS, weights_only=True))
+    load_weights(model, weights)
     model.eval()
     return Run(folder, config, encoder, model)

@@ -26,7 +26,8 @@ from torch import nn
 
 from genctr.data.batches import batch_of, iterate_batches
 from genctr.data.encoded import EncodedSplit
-from genctr.errors import GenctrError
+from genctr.errors import DataError, GenctrError
+from genctr.files import load_tensors, save_tensors_atomic
 from genctr.metrics import auc, logloss
 from genctr.models.base import CTRModel
 from genctr.schema import Strict
@@ -60,7 +61,25 @@ class TrainConfig(Strict):
 
 
 class TrainingDiverged(GenctrError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite, or exploded; the last good checkpoint is kept."""
+
+
+class DivergenceGuard:
+    """Stops a run whose loss exploded: more than `factor` × the first loss of the run (a
+    learning rate far too high can keep the loss finite, at 1e12, while nothing is learned)."""
+
+    def __init__(self, first_loss: float | None = None, factor: float = 100.0) -> None:
+        self.first_loss = first_loss
+        self.factor = factor
+
+    def check(self, loss: float) -> None:
+        if not np.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss}")
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif loss > self.factor * max(self.first_loss, 1e-6):
+            raise TrainingDiverged(f"loss exploded to {loss:.4g}, more than {self.factor:g}x the "
+                                   f"first loss {self.first_loss:.4g}")
 
 
 @dataclass
@@ -69,6 +88,7 @@ class TrainState:
     best_metric: float | None = None
     best_epoch: int = -1
     bad_epochs: int = 0
+    first_loss: float | None = None  # the divergence guard's reference
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -95,6 +115,16 @@ def predict_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536,
             logits = model(batch, None if drop is None else drop[rows])
             out.append(torch.sigmoid(logits.float()).numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load saved weights (never unpickling code); a file that does not fit is one line."""
+    state = load_tensors(path, "weights file")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise DataError(f"{path}: the weights do not fit this run's model ({first})") from None
 
 
 def regularization(model: nn.Module, embedding_l2: float, net_l2: float) -> torch.Tensor:
@@ -132,7 +162,7 @@ class Trainer:
         forward = torch.compile(model) if cfg.compile else model
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
             epoch = state.epoch
-            train_loss, seconds = self._train_epoch(forward, model, optimizer, train, epoch)
+            train_loss, seconds = self._train_epoch(forward, model, optimizer, train, state)
             valid_prob = predict_split(model, valid, cfg.eval_batch_size, cfg.bf16)
             metrics = {"auc": auc(valid.label, valid_prob), "logloss": logloss(valid.label, valid_prob)}
             improved = _is_better(metrics[cfg.monitor], state.best_metric, cfg.monitor)
@@ -155,12 +185,14 @@ class Trainer:
             self.log(f"epoch {epoch}: loss {train_loss:.5f}, valid auc {metrics['auc']:.5f} "
                      f"logloss {metrics['logloss']:.5f}, {seconds:.1f} s "
                      f"({len(train) / seconds:,.0f} samples/s){' *' if improved else ''}")
-        model.load_state_dict(torch.load(self.run_dir / BEST_WEIGHTS, weights_only=True))
+        load_weights(model, self.run_dir / BEST_WEIGHTS)
         return state
 
     def _train_epoch(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
-                     train: EncodedSplit, epoch: int) -> tuple[float, float]:
+                     train: EncodedSplit, state: TrainState) -> tuple[float, float]:
         cfg = self.config
+        epoch = state.epoch
+        guard = DivergenceGuard(state.first_loss)
         model.train()
         total, batches = 0.0, 0
         steps = -(-len(train) // cfg.batch_size)
@@ -169,13 +201,15 @@ class Trainer:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
                 try:
-                    loss = self.train_step(forward, model, optimizer, batch)
+                    value = self.train_step(forward, model, optimizer, batch).item()
+                    guard.check(value)
                 except TrainingDiverged as diverged:
-                    raise TrainingDiverged(
-                        f"{diverged} in epoch {epoch}, batch {batches}; the last good checkpoint "
-                        f"(after epoch {epoch - 1}) is kept in {self.run_dir}. "
-                        "Lower learning_rate or set grad_clip.") from None
-                total += loss.item()
+                    kept = (f"the checkpoint after epoch {epoch - 1} is kept in {self.run_dir}"
+                            if epoch > 0 else "no epoch had finished, so no checkpoint was saved")
+                    raise TrainingDiverged(f"training diverged: {diverged} in epoch {epoch}, batch "
+                                           f"{batches}; {kept}. Lower learning_rate.") from None
+                state.first_loss = guard.first_loss
+                total += value
                 batches += 1
                 advance(len(batch))
         return total / max(batches, 1), time.perf_counter() - started
@@ -230,11 +264,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- checkpoints
     def _save_atomic(self, obj: Any, name: str) -> None:
-        """Write to a temporary file, then rename: a killed run never leaves half a file."""
-        target = self.run_dir / name
-        temporary = target.with_suffix(target.suffix + ".tmp")
-        torch.save(obj, temporary)
-        os.replace(temporary, target)
+        save_tensors_atomic(obj, self.run_dir / name)
 
     def _save_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer,
                          state: TrainState) -> None:
@@ -242,11 +272,16 @@ class Trainer:
                            "state": state.__dict__, "torch_rng": torch.get_rng_state()}, CHECKPOINT)
 
     def _load_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer) -> TrainState:
-        saved = torch.load(self.run_dir / CHECKPOINT, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = TrainState(**saved["state"])
+        path = self.run_dir / CHECKPOINT
+        saved = load_tensors(path, "checkpoint")
+        try:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["torch_rng"])
+            state = TrainState(**saved["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()[0][:160]
+            raise DataError(f"{path}: the checkpoint does not fit this run's model ({first})") from None
         # history.jsonl may hold an epoch written after this checkpoint: keep the file in step
         lines = [json.dumps(r) for r in state.history]
         (self.run_dir / HISTORY).write_text("".join(line + "\n" for line in lines))

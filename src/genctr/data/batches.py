@@ -14,7 +14,7 @@ from genctr.data.encoded import EncodedSplit
 @dataclass
 class Batch:
     """tokens: field -> int32 [B] or [B, L] (0 = padding); values: numeric field -> float32 [B];
-    label: float32 [B]; group: int32 [B] or None."""
+    label: float32 [B]; group: int64 [B] (hashed raw user id) or None."""
 
     tokens: dict[str, torch.Tensor]
     values: dict[str, torch.Tensor]

@@ -18,7 +18,7 @@ import polars as pl
 
 from genctr.data.encoded import EncodedSplit
 from genctr.data.raw import RawDataset
-from genctr.errors import DataError
+from genctr.errors import DataError, notice
 from genctr.schema import FIRST_VALUE, OOV, PAD, FieldKind, FieldSpec, Schema
 
 STATE_VERSION = 1
@@ -115,7 +115,7 @@ class FeatureEncoder:
             seg.name: _segment_mask(tokens[seg.field], self.states[seg.field], seg)
             for seg in self.schema.segments
         }
-        group = tokens[self.schema.group] if self.schema.group else None
+        group = _group_ids(frame, self.schema, raw) if self.schema.group else None
         return EncodedSplit(tokens, values, lengths, label, group, segments)
 
     # ----------------------------------------------------------------------- save/load
@@ -234,19 +234,24 @@ def _parse_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np
         text = column.str.strip_chars()
         parsed = text.cast(pl.Float64, strict=False)
         invalid = (parsed.is_null() & text.is_not_null() & (text != "")).to_numpy()
-        if invalid.any() and spec.on_invalid == "error":
-            bad = np.flatnonzero(invalid)
-            examples = text.gather(bad[:3]).to_list()
-            raise DataError(
-                f"column '{spec.source_column}' (numeric field '{spec.name}'): {invalid.sum()} "
-                f"value(s) are not numbers, e.g. {examples} at {raw.describe_rows(rows[bad])}; "
-                "fix them or set 'on_invalid: fill' to use fill_value"
-            )
-        column = parsed
-    elif not column.dtype.is_numeric():
+    elif column.dtype.is_numeric():
+        text, parsed = column.cast(pl.String), column.cast(pl.Float64)
+        invalid = np.zeros(len(column), dtype=bool)
+    else:
         raise DataError(f"column '{spec.source_column}' (numeric field '{spec.name}'): expected "
                         f"numbers, got {column.dtype}")
-    return column.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    x = parsed.fill_null(np.nan).to_numpy().astype(np.float64)
+    invalid |= np.isinf(x)  # 'inf' parses, but no bin, scale or embedding can use it
+    if invalid.any():
+        bad = np.flatnonzero(invalid)
+        what = (f"column '{spec.source_column}' (numeric field '{spec.name}'): {invalid.sum()} "
+                f"value(s) are not finite numbers, e.g. {text.gather(bad[:3]).to_list()} at "
+                f"{raw.describe_rows(rows[bad])}")
+        if spec.on_invalid == "error":
+            raise DataError(f"{what}; fix them or set 'on_invalid: fill' to use fill_value")
+        notice(f"{what}; treated as missing (on_invalid: fill, fill_value {spec.fill_value})")
+        x[bad] = np.nan
+    return x
 
 
 def _log_square_codes(x: np.ndarray) -> np.ndarray:
@@ -325,6 +330,15 @@ def _encode_label(frame: pl.DataFrame, raw: RawDataset) -> np.ndarray:
                         f"{text.gather(bad[:3]).to_list()} at {raw.describe_rows(rows[bad])}; "
                         "give the label a 'rule' such as '>= 4' to derive 0/1")
     return x.astype(np.float32)
+
+
+def _group_ids(frame: pl.DataFrame, schema: Schema, raw: RawDataset) -> np.ndarray:
+    """int64 [N]: a hash of each row's raw group value (the user). Not its token: every user
+    unseen in train shares the OOV token, and gAUC would pool them all into one group."""
+    spec = schema.field(schema.group)  # type: ignore[arg-type]
+    column = _column(frame, spec, raw, np.arange(frame.height))
+    text = column.cast(pl.String) if not isinstance(column.dtype, pl.List) else column.list.join(" ")
+    return text.fill_null("").hash(seed=0).to_numpy().view(np.int64)
 
 
 def _segment_mask(tokens: np.ndarray, state: FieldState, seg) -> np.ndarray:

@@ -17,7 +17,7 @@ class EncodedSplit:
     values:   numeric field -> float32 [N] (transformed value; its bin is in `tokens`)
     lengths:  multi/sequence field -> int32 [N]
     label:    float32 [N] in {0, 1}
-    group:    int32 [N] token ids of the schema's group field (the user), or None
+    group:    int64 [N] hashes of the raw value of the schema's group field (the user), or None
     segments: segment name -> bool [N]
     """
 

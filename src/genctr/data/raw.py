@@ -38,16 +38,20 @@ class RawDataset:
         return self.schema.name
 
     def describe_rows(self, rows: np.ndarray, limit: int = 5) -> str:
-        """Name the first `limit` rows as 'file line N' when the source recorded it."""
-        shown = [int(r) for r in rows[:limit]]
-        if FILE_COLUMN in self.frame.columns and LINE_COLUMN in self.frame.columns:
-            files = self.frame[FILE_COLUMN].gather(shown).to_list()
-            lines = self.frame[LINE_COLUMN].gather(shown).to_list()
-            parts = [f"{f} line {n}" for f, n in zip(files, lines)]
-        else:
-            parts = [f"row {r}" for r in shown]
-        more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
-        return ", ".join(parts) + more
+        return describe_rows(self.frame, rows, limit)
+
+
+def describe_rows(frame: pl.DataFrame, rows: np.ndarray, limit: int = 5) -> str:
+    """Name the first `limit` rows as 'file line N' when the source recorded it."""
+    shown = [int(r) for r in rows[:limit]]
+    if FILE_COLUMN in frame.columns and LINE_COLUMN in frame.columns:
+        files = frame[FILE_COLUMN].gather(shown).to_list()
+        lines = frame[LINE_COLUMN].gather(shown).to_list()
+        parts = [f"{f} line {n}" for f, n in zip(files, lines)]
+    else:
+        parts = [f"row {r}" for r in shown]
+    more = f" (and {len(rows) - limit} more)" if len(rows) > limit else ""
+    return ", ".join(parts) + more
 
 
 def with_origin(frame: pl.DataFrame, path: Path, header_lines: int = 1) -> pl.DataFrame:

@@ -2,8 +2,9 @@
 
 The key hashes the schema, the source's options and each input file's content, so a changed
 schema or file never reuses a stale cache (a FuxiCTR pitfall: it silently reuses a prepared
-dataset). Entries are written to a temporary folder and renamed into place, so an interrupted
-run leaves no half-written entry. Columns are memory-mapped when loaded.
+dataset). Entries are written to a temporary folder and renamed into place under the entry's
+lock, so an interrupted or concurrent run leaves no half-written entry; an entry that does not
+load (damaged by hand or by a full disk) is rebuilt. Columns are memory-mapped when loaded.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from pathlib import Path
 from genctr.data.encode import FeatureEncoder
 from genctr.data.encoded import EncodedSplit
 from genctr.data.sources.base import Source
+from genctr.errors import GenctrError
+from genctr.files import exclusive_lock
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: `group` holds a hash of the raw group value, not its token
 ENCODER_FILE = "encoder.json"
 
 
@@ -30,6 +33,7 @@ class EncodedDataset:
     encoder: FeatureEncoder
     splits: dict[str, EncodedSplit]
     folder: Path | None = None  # the cache entry it was loaded from, if any
+    from_cache: bool = False  # True when the entry existed: nothing was encoded
 
 
 def file_digest(path: Path) -> str:
@@ -59,20 +63,42 @@ def prepare(source: Source, cache_dir: str | Path | None = None, mmap: bool = Tr
     if cache_dir is None:
         return encode_source(source)
     folder = Path(cache_dir) / f"{source.name}-{cache_key(source)}"
-    if not (folder / ENCODER_FILE).is_file():
+    cached = _load_if_sound(folder, source.name, mmap)
+    if cached is not None:
+        return cached
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.parent / f".{folder.name}.lock", f"cache entry {folder}", wait_s=3600):
+        cached = _load_if_sound(folder, source.name, mmap)  # a concurrent writer may have won
+        if cached is not None:
+            return cached
         dataset = encode_source(source)
-        folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
         try:
             for name, split in dataset.splits.items():
                 split.save(staging / name)
             dataset.encoder.save(staging / ENCODER_FILE)  # written last: marks a complete entry
+            if folder.exists():  # damaged: it is genctr's own entry, named by its key
+                shutil.rmtree(folder)
             os.replace(staging, folder)
-        except OSError:
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            if not (folder / ENCODER_FILE).is_file():  # not a concurrent writer's success
-                raise
     return load_prepared(folder, source.name, mmap)
+
+
+def _load_if_sound(folder: Path, name: str, mmap: bool) -> EncodedDataset | None:
+    """The cache entry, or None when it is missing or does not load whole."""
+    if not (folder / ENCODER_FILE).is_file():
+        return None
+    try:
+        dataset = load_prepared(folder, name, mmap)
+    except (OSError, ValueError, KeyError, TypeError, GenctrError):
+        return None
+    if not dataset.splits or not all(
+            len(column) == len(s) for s in dataset.splits.values()
+            for column in (*s.tokens.values(), *s.values.values())):
+        return None
+    dataset.from_cache = True
+    return dataset
 
 
 def load_prepared(folder: Path, name: str, mmap: bool = True) -> EncodedDataset:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,14 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
-from genctr.config import DataConfig
+from genctr.config import DataConfig, resolve_paths
 from genctr.data.batches import iterate_batches
 from genctr.data.encode import FeatureEncoder
 from genctr.data.store import EncodedDataset, prepare
-from genctr.errors import DataError
+from genctr.files import save_tensors_atomic
 from genctr.nn.embedding import FieldInfo, field_infos
 from genctr.pretrain.balance import BalancerOptions
 from genctr.pretrain.corruption import CorruptionOptions
@@ -33,7 +32,8 @@ from genctr.pretrain.denoiser import DenoiserOptions
 from genctr.pretrain.heads import HeadOptions
 from genctr.pretrain.network import GenerativeNet
 from genctr.schema import Strict, parse_model, read_yaml
-from genctr.train import seed_everything
+from genctr.rundir import open_run_folder, require_run_file, validate_run_name
+from genctr.train import DivergenceGuard, TrainingDiverged, load_weights, seed_everything
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.json"
@@ -60,16 +60,21 @@ class PretrainOptions(Strict):
 
 class PretrainConfig(Strict):
     name: str | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(description="required: never falls back to synthetic data")
     pretrain: PretrainOptions = Field(default_factory=PretrainOptions)
     output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        return None if value is None else validate_run_name(value)
 
     def run_name(self) -> str:
         return self.name or f"{self.data.source}-pretrain-{self.pretrain.balancer.name}-seed{self.pretrain.seed}"
 
 
 def load_pretrain_config(path: str | Path) -> PretrainConfig:
-    return parse_model(PretrainConfig, read_yaml(path), str(path))
+    return parse_model(PretrainConfig, resolve_paths(read_yaml(path), path), str(path))
 
 
 def build_network(fields: list[FieldInfo], options: PretrainOptions) -> GenerativeNet:
@@ -78,15 +83,22 @@ def build_network(fields: list[FieldInfo], options: PretrainOptions) -> Generati
 
 
 def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
-                 dataset: EncodedDataset | None = None, log: Callable[[str], None] = print
-                 ) -> tuple[Path, GenerativeNet, list[dict]]:
-    """Pre-train on the train split; returns the folder, the network and the epoch history."""
-    options = config.pretrain
-    folder = Path(folder or Path(config.output_dir) / config.run_name())
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+                 dataset: EncodedDataset | None = None, log: Callable[[str], None] = print,
+                 overwrite: bool = False) -> tuple[Path, GenerativeNet, list[dict]]:
+    """Pre-train on the train split; returns the folder, the network and the epoch history.
+
+    Data are checked before any folder is touched; an existing pre-training is replaced only
+    with `overwrite`, and only once the new one has succeeded (genctr.rundir)."""
+    target = Path(folder or Path(config.output_dir) / config.run_name())
     dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+    with open_run_folder(target, "pretrain", overwrite=overwrite) as (work, _):
+        net, history = _pretrain_into(work, config, dataset, log)
+    return target, net, history
+
+
+def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset,
+                   log: Callable[[str], None]) -> tuple[GenerativeNet, list[dict]]:
+    options = config.pretrain
     (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     dataset.encoder.save(folder / ENCODER_FILE)
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
@@ -97,7 +109,7 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
                                   {"params": s_params, "lr": options.balancer.s_learning_rate}])
     names = net.field_names()
     generator = torch.Generator().manual_seed(options.seed)
-    history, step = [], 0
+    history, step, guard = [], 0, DivergenceGuard()
     train = dataset.splits["train"]
     for epoch in range(options.epochs):
         net.train()
@@ -107,9 +119,11 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
             masks = net.masks(batch, generator)
             with torch.autocast("cpu", torch.bfloat16, enabled=options.bf16):
                 loss, weights, field_losses = net.losses(batch, masks)
-            if not torch.isfinite(loss):
-                raise DataError(f"pre-training loss became {loss.item()} in epoch {epoch}, step {step}; "
-                                "lower pretrain.learning_rate")
+            try:
+                guard.check(float(loss.detach()))
+            except TrainingDiverged as diverged:
+                raise TrainingDiverged(f"pre-training diverged: {diverged} in epoch {epoch}, step "
+                                       f"{step}; nothing was saved. Lower pretrain.learning_rate") from None
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if options.grad_clip is not None:
@@ -137,9 +151,9 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
         _append(folder / HISTORY_FILE, record)
         log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
-    torch.save(net.state_dict(), folder / WEIGHTS_FILE)
+    save_tensors_atomic(net.state_dict(), folder / WEIGHTS_FILE)
     write_field_summary(folder, net, history)
-    return folder, net, history
+    return net, history
 
 
 def _by_name(names: list[str], values: np.ndarray, present: np.ndarray | None = None) -> dict:
@@ -192,10 +206,10 @@ def final_field_weights(folder: str | Path) -> dict[str, float]:
 def load_pretrained(folder: str | Path) -> tuple[PretrainConfig, FeatureEncoder, GenerativeNet]:
     """A finished pre-training run: its config, encoder and network (weights loaded)."""
     folder = Path(folder)
-    if not (folder / WEIGHTS_FILE).is_file():
-        raise DataError(f"{folder}: not a finished pre-training run (no {WEIGHTS_FILE})")
-    config = PretrainConfig.model_validate(yaml.safe_load((folder / CONFIG_FILE).read_text()))
-    encoder = FeatureEncoder.load(folder / ENCODER_FILE)
+    weights = require_run_file(folder, WEIGHTS_FILE, "pre-training run (it has not finished)")
+    config = parse_model(PretrainConfig, read_yaml(require_run_file(folder, CONFIG_FILE, "pre-training run")),
+                         str(folder / CONFIG_FILE))
+    encoder = FeatureEncoder.load(require_run_file(folder, ENCODER_FILE, "pre-training run"))
     net = build_network(field_infos(encoder), config.pretrain)
-    net.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+    load_weights(net, weights)
     return config, encoder, net

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
@@ -9,7 +10,7 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 import polars as pl
 
-from genctr.data.raw import RawDataset, with_origin
+from genctr.data.raw import RawDataset, describe_rows, with_origin
 from genctr.errors import DataError
 from genctr.schema import Schema, Strict, parse_model
 
@@ -81,6 +82,8 @@ def locate_file(data_dir: Path | None, file: str | None, candidates: Sequence[st
 
 
 def require_file(path: Path) -> Path:
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -96,6 +99,8 @@ def read_text_table(path: Path, separator: str = ",", has_header: bool = True,
     header with no rows, is an error naming the file.
     """
     require_file(path)
+    if has_header and not columns:
+        check_header(path, separator)
     try:
         frame = pl.read_csv(path, separator=separator, has_header=has_header,
                             new_columns=list(columns) if columns else None,
@@ -106,6 +111,16 @@ def read_text_table(path: Path, separator: str = ",", has_header: bool = True,
     if frame.height == 0:
         raise DataError(f"{path}: the file has no data rows")
     return with_origin(frame, path, header_lines=1 if has_header else 0)
+
+
+def check_header(path: Path, separator: str) -> None:
+    """Duplicate column names are an error: polars would silently rename the second one."""
+    with path.open("r", newline="", errors="replace") as handle:
+        header = next(csv.reader(handle, delimiter=separator), [])
+    names = [name.strip() for name in header]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{path}: duplicate column name(s) {duplicates} in the header line")
 
 
 def read_table_file(path: Path, separator: str = ",") -> pl.DataFrame:
@@ -163,6 +178,41 @@ def make_splits(frame: pl.DataFrame, options: SplitOptions) -> dict[str, np.ndar
     if options.time_column is None or options.time_column not in frame.columns:
         raise DataError(f"temporal split needs 'time_column' naming a column; got "
                         f"{options.time_column!r}")
-    time = frame[options.time_column].cast(pl.Float64, strict=False)
-    order = np.argsort(time.fill_null(np.inf).to_numpy(), kind="stable")
+    time = parse_times(frame[options.time_column], frame)
+    order = np.argsort(time, kind="stable")
     return cut_by_position(order, options.fractions)
+
+
+# ISO-8601 layouts after 'T' -> ' ' and 'Z' -> '+00:00'; the ones with an offset first
+_ISO_FORMATS = ("%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%:z", "%Y-%m-%d %H:%M%:z",
+                "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d")
+
+
+def parse_times(column: pl.Series, frame: pl.DataFrame) -> np.ndarray:
+    """Seconds since the epoch of a time column: numbers (e.g. Unix seconds), ISO-8601 text
+    (a date, a date-time, with or without a UTC offset; without one it is read as UTC) or a
+    Date/Datetime column. A missing value, or one that is none of these, is an error naming
+    the column and its lines: a silent fallback to file order would mislabel the splits."""
+    if column.dtype == pl.Date:
+        seconds = column.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.Float64) / 1e6
+    elif isinstance(column.dtype, pl.Datetime):
+        seconds = column.dt.epoch("us").cast(pl.Float64) / 1e6
+    elif column.dtype.is_numeric():
+        seconds = column.cast(pl.Float64)
+    else:
+        text = column.cast(pl.String).str.strip_chars()
+        seconds = text.cast(pl.Float64, strict=False)
+        iso = text.str.replace("T", " ", literal=True).str.replace(r"Z$", "+00:00")
+        for layout in _ISO_FORMATS:
+            parsed = iso.str.to_datetime(layout, strict=False, time_unit="us")
+            if parsed.dtype.time_zone is not None:  # type: ignore[union-attr]
+                parsed = parsed.dt.convert_time_zone("UTC")
+            seconds = seconds.fill_null(parsed.dt.epoch("us").cast(pl.Float64) / 1e6)
+    values = seconds.to_numpy().astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        examples = column.cast(pl.String).gather(bad[:3]).to_list()
+        raise DataError(f"time column '{column.name}': {bad.size} value(s) are missing or not a "
+                        f"time (a number, ISO-8601 text, a Date or Datetime), e.g. {examples} at "
+                        f"{describe_rows(frame, bad)}")
+    return values

@@ -1,7 +1,8 @@
 """`tabular`: your own CSV or Parquet file(s) plus a YAML schema — the path for user data.
 
-Either `files` (one table, split randomly or by a time column) or explicit `train`, `valid`
-and `test` files. Paths are relative to --data-dir unless absolute.
+Either `files` (one path or a list: one table, split randomly or by a time column) or explicit
+`train`, `valid` and `test` files. Paths are relative to --data-dir unless absolute; in a run
+config `schema_file` is relative to the config file (genctr.config.resolve_paths).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from genctr.data.raw import RawDataset
 from genctr.data.sources.base import Source, SplitOptions, make_splits, read_table_file
@@ -24,6 +25,11 @@ class TabularOptions(SplitOptions):
     valid: str | None = None
     test: str | None = None
     separator: str = ","
+
+    @field_validator("files", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _one_layout(self) -> "TabularOptions":
