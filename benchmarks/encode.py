@@ -146,6 +146,7 @@ def main() -> None:
 
     from genctr.provenance import git_commit, machine, now_iso
     from genctr.report import write_results_markdown
+    from genctr.files import append_jsonl
 
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -176,8 +177,7 @@ def main() -> None:
                           "peak_rss_mb": round(peak_mb, 1), "rows": result["rows"],
                           "commit": commit, "machine": host, "finished_at": now_iso()}
                 print(json.dumps(record), flush=True)
-                with RESULTS.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                append_jsonl(RESULTS, record)
     write_results_markdown(ROOT / "benchmarks")
 
 

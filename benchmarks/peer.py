@@ -69,6 +69,7 @@ def main() -> None:
 
     from genctr.experiment import load_experiment, record_for
     from genctr.provenance import git_commit, machine, now_iso
+    from genctr.files import append_jsonl
 
     experiment = load_experiment(args.experiment)
     (task, data), = experiment.tasks.items()
@@ -89,14 +90,16 @@ def main() -> None:
                 raise SystemExit(f"{results}: {label} seed {seed} has a genctr record without its "
                                  "FuxiCTR pair; remove that record to run the pair")
             config = experiment.run_config(task, label, seed)
-            run_dir = Path(config.output_dir) / config.run_name()
+            run_dir = experiment.run_folder(task, label, seed)
             with tempfile.TemporaryDirectory(dir=WORK) as cold_cache:
                 cell = config.model_copy(update={"data": data.model_copy(update={"cache_dir": cold_cache})})
-                run_dir.mkdir(parents=True, exist_ok=True)
-                (run_dir / "peer-cell.yaml").write_text(yaml.safe_dump(cell.model_dump(mode="json")))
+                run_dir.parent.mkdir(parents=True, exist_ok=True)
+                cell_file = run_dir.parent / f"{run_dir.name}-peer-cell.yaml"  # beside the run
+                cell_file.write_text(yaml.safe_dump(cell.model_dump(mode="json")))
                 started = time.perf_counter()
-                subprocess.run([sys.executable, "-m", "genctr", "train", str(run_dir / "peer-cell.yaml"),
-                                "--output", str(run_dir)], check=True, stdout=subprocess.DEVNULL)
+                # --overwrite: a run left by an earlier, unrecorded attempt of this pair is replaced
+                subprocess.run([sys.executable, "-m", "genctr", "train", str(cell_file),
+                                "--output", str(run_dir), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
                 genctr_total = time.perf_counter() - started
             metrics = json.loads((run_dir / "metrics.json").read_text())
             ours = record_for(task, label, seed, config, metrics, experiment.name, run_dir, commit)
@@ -122,8 +125,8 @@ def main() -> None:
             ours |= {"total_seconds": genctr_total, "command": command,
                      "throughput_vs_fuxictr": ours["train_samples_per_s"] / peer["train_samples_per_s"],
                      "total_speedup_vs_fuxictr": fuxictr_total / genctr_total}
-            with results.open("a") as handle:
-                handle.write(json.dumps(ours) + "\n" + json.dumps(theirs) + "\n")
+            append_jsonl(results, ours)
+            append_jsonl(results, theirs)
             print(f"{label} seed {seed}: genctr auc {ours['test_auc']:.5f} {ours['train_samples_per_s']:,.0f}/s "
                   f"total {genctr_total:.0f}s | fuxictr auc {peer['test_auc']:.5f} "
                   f"{peer['train_samples_per_s']:,.0f}/s total {fuxictr_total:.0f}s | throughput x"

@@ -62,19 +62,31 @@ def plot_gain_vs_cost(gains: dict[str, list[tuple[float, float, str]]], path: st
     return Path(path)
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def field_styles(count: int) -> list[tuple[tuple[float, ...], str]]:
+    """(colour, line style) per field, all distinct up to 40 fields: the 10 tab10 colours, then
+    the same colours dashed, dotted, dash-dotted (matplotlib's cycle repeats after 10)."""
+    colours = plt.get_cmap("tab10").colors
+    return [(tuple(colours[i % 10]), LINE_STYLES[(i // 10) % len(LINE_STYLES)]) for i in range(count)]
+
+
 def plot_field_trajectories(trajectory: list[dict], path: str | Path, title: str) -> Path:
-    """Per field: the loss weight (left) and the reconstruction loss (right) over steps."""
-    fig, (ax_weight, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    """Per field: the loss weight (left) and the reconstruction loss (right) over steps, with
+    one legend naming every field beside both panels."""
+    fig, (ax_weight, ax_loss) = plt.subplots(1, 2, figsize=(12.5, 4.5))
     steps = [t["step"] for t in trajectory]
     names = list(trajectory[0]["weight"])
-    for name in names:
-        ax_weight.plot(steps, [t["weight"].get(name) for t in trajectory], label=name)
+    for name, (colour, style) in zip(names, field_styles(len(names))):
+        ax_weight.plot(steps, [t["weight"].get(name) for t in trajectory], label=name,
+                       color=colour, linestyle=style)
         points = [(t["step"], t["field_loss"][name]) for t in trajectory if name in t["field_loss"]]
-        ax_loss.plot([s for s, _ in points], [v for _, v in points], label=name)
+        ax_loss.plot([s for s, _ in points], [v for _, v in points], color=colour, linestyle=style)
     ax_weight.set(xlabel="step", ylabel="loss weight", title=title, yscale="log")
     ax_loss.set(xlabel="step", ylabel="reconstruction loss ℓ_f", title="per-field loss", yscale="log")
-    ax_loss.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    fig.legend(loc="center right", fontsize=7, ncol=1 + len(names) // 25, title="field")
+    fig.tight_layout(rect=(0, 0, 0.86 if len(names) < 25 else 0.78, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -16,7 +16,7 @@ import polars as pl
 import torch
 import yaml
 
-from genctr.config import RunConfig
+from genctr.config import DataConfig, RunConfig
 from genctr.data.encode import FeatureEncoder
 from genctr.data.encoded import EncodedSplit
 from genctr.data.raw import FILE_COLUMN, LINE_COLUMN, RawDataset
@@ -189,6 +189,18 @@ def unseen_shares(split: EncodedSplit, encoder: FeatureEncoder) -> dict[str, flo
     return shares
 
 
+def moved_data(data: DataConfig, new_dir: Path) -> DataConfig:
+    """The data config with its folder moved to `new_dir`; an option path that lay inside the
+    old folder (a schema_file beside the data) moves with it."""
+    old = Path(data.data_dir) if data.data_dir else None
+    options = dict(data.options)
+    for key, value in options.items():
+        if old is not None and isinstance(value, str) and Path(value).is_absolute() \
+                and Path(value).is_relative_to(old):
+            options[key] = str(new_dir / Path(value).relative_to(old))
+    return data.model_copy(update={"data_dir": str(new_dir), "options": options})
+
+
 def load_run(folder: str | Path, data_dir: str | Path | None = None) -> Run:
     """Rebuild a saved run's model with its best weights (no training data needed).
 
@@ -198,8 +210,7 @@ def load_run(folder: str | Path, data_dir: str | Path | None = None) -> Run:
     config = parse_model(RunConfig, read_yaml(require_run_file(folder, CONFIG_FILE, "run")),
                          str(folder / CONFIG_FILE))
     if data_dir is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(
-            update={"data_dir": str(Path(data_dir).resolve())})})
+        config = config.model_copy(update={"data": moved_data(config.data, Path(data_dir).resolve())})
     encoder = FeatureEncoder.load(require_run_file(folder, ENCODER_FILE, "run"))
     model = build_for(config, encoder)
     load_weights(model, weights)

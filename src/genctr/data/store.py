@@ -19,7 +19,7 @@ from pathlib import Path
 
 from genctr.data.encode import FeatureEncoder
 from genctr.data.encoded import EncodedSplit
-from genctr.data.sources.base import Source
+from genctr.data.sources.base import Source, require_file
 from genctr.errors import GenctrError
 from genctr.files import exclusive_lock
 
@@ -37,7 +37,7 @@ class EncodedDataset:
 
 
 def file_digest(path: Path) -> str:
-    with path.open("rb") as handle:
+    with require_file(path).open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
