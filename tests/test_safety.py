@@ -4,7 +4,6 @@ exit 2, and no input gives a silently wrong number. One test (or more) per numbe
 import json
 import os
 from datetime import datetime, timedelta, timezone
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from genctr.cli import main
 from genctr.files import exclusive_lock
+from helpers import genctr, one_line_error
 from genctr.metrics import auc
 from genctr.rundir import LOCK
 
@@ -61,28 +60,6 @@ def write_config(path: Path, data_dir: str = "data", **overrides) -> Path:
             config[section] = value
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def genctr(capsys, *args: str) -> tuple[int, str]:
-    """Run the CLI in this process: (exit code, everything it printed)."""
-    saved = sys.argv
-    sys.argv = ["genctr", *map(str, args)]
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            main()
-    finally:
-        sys.argv = saved
-    printed = capsys.readouterr()
-    return stopped.value.code or 0, printed.out + printed.err
-
-
-def one_line_error(code: int, output: str, *names: str) -> None:
-    assert code == 2, output
-    assert "Traceback" not in output
-    error = [line for line in output.splitlines() if line.startswith("error:")]
-    assert error, output
-    for name in names:
-        assert name in output, (name, output)
 
 
 @pytest.fixture
