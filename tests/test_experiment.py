@@ -10,6 +10,7 @@ import yaml
 
 from genctr.config import load_run_config
 from genctr.experiment import load_experiment
+from genctr.schema import load_schema
 
 EXPERIMENT = {
     "name": "tiny",
@@ -160,10 +161,15 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    if "tasks" in yaml.safe_load(path.read_text()):  # an experiment matrix
+    content = yaml.safe_load(path.read_text())
+    if "tasks" in content:  # an experiment matrix
         assert load_experiment(path).cells()
+    elif "fields" in content:  # a schema (the example's)
+        assert load_schema(path).field_names
     else:
-        load_run_config(path)
+        config = load_run_config(path)
+        schema_file = config.data.options.get("schema_file")
+        assert schema_file is None or Path(schema_file).is_file()
 
 
 @pytest.mark.parametrize("testtime, trained", [

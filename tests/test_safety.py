@@ -240,6 +240,33 @@ def test_a_damaged_cache_entry_is_rebuilt(project):
     np.testing.assert_array_equal(third.splits["valid"].label, second.splits["valid"].label)
 
 
+def test_a_second_encoder_of_a_cache_entry_waits_for_the_first(project):
+    import threading
+    import time
+
+    from genctr.config import load_run_config
+    from genctr.data.store import cache_key, prepare
+
+    data = load_run_config(write_config(project / "run.yaml")).data
+    source = data.make_source()
+    entry = Path(data.cache_dir) / f"{source.name}-{cache_key(source)}"
+    entry.parent.mkdir(parents=True)
+    held = threading.Event()
+
+    def first_writer():
+        with exclusive_lock(entry.parent / f".{entry.name}.lock", "test"):
+            held.set()
+            time.sleep(1.0)
+
+    thread = threading.Thread(target=first_writer)
+    thread.start()
+    held.wait()
+    started = time.perf_counter()
+    dataset = prepare(source, data.cache_dir)
+    thread.join()
+    assert time.perf_counter() - started >= 0.9 and dataset.folder == entry
+
+
 def test_a_results_file_that_cannot_be_written_stops_before_training(project, capsys, monkeypatch):
     monkeypatch.chdir(project)
     (project / "results.jsonl").mkdir()  # root can write a read-only file; nobody a directory
