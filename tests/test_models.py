@@ -8,6 +8,7 @@ from genctr.config import DataConfig, RunConfig
 from genctr.data.batches import batch_of
 from genctr.data.sources import make_source
 from genctr.data.store import encode_source
+import genctr.pretrain  # noqa: F401  (registers hetegen)
 from genctr.models import MODELS, build_model
 from genctr.nn.embedding import field_infos
 from genctr.runs import train_run

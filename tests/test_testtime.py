@@ -13,9 +13,9 @@ from genctr.data.batches import batch_of
 from genctr.errors import ConfigError
 from genctr.models import build_model
 from genctr.nn.embedding import field_infos, set_neutral_mode
-from genctr.runs import load_run, train_run
+from genctr.runs import evaluate_run_inference, load_run, train_run
 from genctr.testtime.confidence import Confidence
-from genctr.testtime.evaluate import evaluate_inference, make_inference, predict_with, run_index
+from genctr.testtime.evaluate import frequency_index, make_inference, predict_with
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.inference import InferenceOptions
 from genctr.testtime.paths import sample_confidence_paths
@@ -123,7 +123,7 @@ def trained(small_synthetic, tmp_path_factory):
 
 
 def test_paths_with_all_confidences_one_drop_nothing(small_synthetic, trained):
-    index = run_index(trained, small_synthetic, IndexOptions(order3="all"))
+    index = frequency_index(small_synthetic, IndexOptions(order3="all"), trained.folder)
     rows, fields = 50, trained.model.embedding.num_fields
     ones = Confidence(np.ones((rows, fields), np.float32),
                       {o: np.ones((rows, len(c)), np.float32) for o, c in index.combos.items()},
@@ -133,7 +133,7 @@ def test_paths_with_all_confidences_one_drop_nothing(small_synthetic, trained):
 
 
 def test_matt_with_all_confidences_one_equals_plain(small_synthetic, trained, monkeypatch):
-    index = run_index(trained, small_synthetic, IndexOptions())
+    index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
     matt = make_inference(InferenceOptions(strategy="matt", paths=6), index=index)
     plain = make_inference(InferenceOptions(strategy="plain"))
     test = small_synthetic.splits["test"]
@@ -152,7 +152,7 @@ def test_matt_with_all_confidences_one_equals_plain(small_synthetic, trained, mo
 
 
 def test_matt_drops_rare_features_more_often(small_synthetic, trained):
-    index = run_index(trained, small_synthetic, IndexOptions())
+    index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
     batch = batch_of(small_synthetic.splits["test"], slice(0, 500))
     matt = make_inference(InferenceOptions(strategy="matt"), index=index)
     conf = matt.confidence(batch)
@@ -165,7 +165,7 @@ def test_matt_drops_rare_features_more_often(small_synthetic, trained):
 
 
 def test_uttsi_with_budget_one_runs_only_the_filtered_pass(small_synthetic, trained):
-    result = evaluate_inference(trained, small_synthetic, InferenceOptions(strategy="uttsi", budget=1.0),
+    result = evaluate_run_inference(trained, small_synthetic, InferenceOptions(strategy="uttsi", budget=1.0),
                                 measure_latency=False)
     assert result["valid"]["avg_cost"] == 1.0 and result["test"]["max_cost"] == 1.0
     assert math.isinf(result["uttsi"]["threshold"])
@@ -173,7 +173,7 @@ def test_uttsi_with_budget_one_runs_only_the_filtered_pass(small_synthetic, trai
 
 @pytest.mark.parametrize("budget", [1.5, 2.0, 2.8])
 def test_uttsi_cost_on_valid_stays_within_the_budget(small_synthetic, trained, budget):
-    result = evaluate_inference(trained, small_synthetic,
+    result = evaluate_run_inference(trained, small_synthetic,
                                 InferenceOptions(strategy="uttsi", budget=budget, max_paths=6),
                                 splits=("valid",), measure_latency=False)
     assert result["valid"]["avg_cost"] <= budget * 1.05
@@ -191,9 +191,9 @@ def test_uttsi_threshold_fit_and_paths_grow_with_uncertainty():
 
 def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):
     options = dict(strategy="uttsi", budget=2.0, max_paths=4)
-    chosen = evaluate_inference(trained, small_synthetic, InferenceOptions(**options),
+    chosen = evaluate_run_inference(trained, small_synthetic, InferenceOptions(**options),
                                 splits=("test",), measure_latency=False)
-    random = evaluate_inference(trained, small_synthetic, InferenceOptions(**options, trigger="random"),
+    random = evaluate_run_inference(trained, small_synthetic, InferenceOptions(**options, trigger="random"),
                                 splits=("test",), measure_latency=False)
     assert chosen["test"]["avg_cost"] == pytest.approx(random["test"]["avg_cost"])
     assert chosen["inference"] == random["inference"] == "uttsi@2.0"
@@ -201,15 +201,15 @@ def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):
 
 
 def test_temperature_control_keeps_auc_and_fits_logloss(small_synthetic, trained):
-    plain = evaluate_inference(trained, small_synthetic, InferenceOptions(), measure_latency=False)
-    scaled = evaluate_inference(trained, small_synthetic, InferenceOptions(strategy="temperature"),
+    plain = evaluate_run_inference(trained, small_synthetic, InferenceOptions(), measure_latency=False)
+    scaled = evaluate_run_inference(trained, small_synthetic, InferenceOptions(strategy="temperature"),
                                 measure_latency=False)
     assert scaled["test"]["auc"] == pytest.approx(plain["test"]["auc"], abs=1e-6)
     assert scaled["valid"]["logloss"] <= plain["valid"]["logloss"] + 1e-9
 
 
 def test_latency_is_reported(small_synthetic, trained):
-    result = evaluate_inference(trained, small_synthetic, InferenceOptions(strategy="matt", paths=4),
+    result = evaluate_run_inference(trained, small_synthetic, InferenceOptions(strategy="matt", paths=4),
                                 splits=("test",))
     latency = result["latency"]
     assert 0 < latency["single_p50_ms"] <= latency["single_p99_ms"]
@@ -273,7 +273,7 @@ def test_run_index_rebuilds_a_file_of_another_format_or_options(small_synthetic,
     import json as json_module
     from genctr.testtime.index import INDEX_FILE
     path = trained.folder / INDEX_FILE
-    index = run_index(trained, small_synthetic, IndexOptions())
+    index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
     assert FrequencyIndex.saved_with(path, IndexOptions())
     assert not FrequencyIndex.saved_with(path, IndexOptions(width=2 ** 10))
     arrays = dict(np.load(path))
@@ -281,6 +281,6 @@ def test_run_index_rebuilds_a_file_of_another_format_or_options(small_synthetic,
     arrays["meta"] = np.frombuffer(json_module.dumps(meta).encode(), dtype=np.uint8)
     np.savez(path, **arrays)  # as an older version of the code would have left it
     assert not FrequencyIndex.saved_with(path, IndexOptions())
-    rebuilt = run_index(trained, small_synthetic, IndexOptions())
+    rebuilt = frequency_index(small_synthetic, IndexOptions(), trained.folder)
     assert FrequencyIndex.saved_with(path, IndexOptions())
     np.testing.assert_array_equal(rebuilt.reference_quantiles[1], index.reference_quantiles[1])

@@ -183,13 +183,13 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
         metrics = {s: evaluate_split(run.model, dataset.splits[s], size) for s in split}
         print_metrics(metrics, f"{run.config.model_name} from {run_dir}")
         return
-    from genctr.testtime.evaluate import evaluate_inference
+    from genctr.runs import evaluate_run_inference
     from genctr.testtime.inference import InferenceOptions
 
     chosen = nested_options(parse_options(option)) | {"strategy": inference}
     chosen |= {k: v for k, v in (("budget", budget), ("paths", paths)) if v is not None}
     options = parse_model(InferenceOptions, chosen, "--inference/--option")
-    result = evaluate_inference(run, dataset, options, tuple(split), measure_latency)
+    result = evaluate_run_inference(run, dataset, options, tuple(split), measure_latency)
     print_metrics({s: result[s] for s in split},
                   f"{run.config.model_name} from {run_dir}, inference {result['strategy']}")
     console.print("average forward passes per instance: " + ", ".join(

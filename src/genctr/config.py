@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from genctr.data.sources import SOURCES, Source, make_source
 from genctr.errors import ConfigError
+import genctr.pretrain  # noqa: F401  (registers the `hetegen` model before configs name it)
 from genctr.models import model_options
 from genctr.rundir import validate_run_name
 from genctr.schema import Strict, parse_model, read_yaml

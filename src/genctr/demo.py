@@ -93,8 +93,7 @@ def demo_hetegen(console: Console, data: DataConfig, dataset, output_dir: Path) 
 
 def demo_test_time(console: Console, dataset, run_dir: Path) -> dict:
     """Plain vs MATT vs UTTSI on the DNN run, with their costs."""
-    from genctr.runs import load_run
-    from genctr.testtime.evaluate import evaluate_inference
+    from genctr.runs import evaluate_run_inference, load_run
     from genctr.testtime.inference import InferenceOptions
 
     run = load_run(run_dir)
@@ -103,7 +102,7 @@ def demo_test_time(console: Console, dataset, run_dir: Path) -> dict:
     results = {}
     for options in (InferenceOptions(), InferenceOptions(strategy="matt", paths=4),
                     InferenceOptions(strategy="uttsi", budget=2.0)):
-        result = evaluate_inference(run, dataset, options, splits=("valid", "test"), measure_latency=False)
+        result = evaluate_run_inference(run, dataset, options, splits=("valid", "test"), measure_latency=False)
         test = result["test"]
         results[result["strategy"]] = test
         table.add_row(result["strategy"], f"{test['auc']:.4f}", f"{test['logloss']:.4f}",

@@ -222,8 +222,7 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
                         run_dir: Path, done: set, datasets: dict, log: Callable[[str], None],
                         commit: str) -> int:
     """Evaluate every inference variant not yet recorded on one cell's saved run."""
-    from genctr.runs import load_run
-    from genctr.testtime.evaluate import evaluate_inference
+    from genctr.runs import evaluate_run_inference, load_run
 
     task, model, seed, pretrain = cell
     todo = [(v, o) for v, o in experiment.inference_cells()
@@ -236,7 +235,7 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
     results = Path(experiment.results)
     pretrained = pretrain_fields(run.config)
     for variant, options in todo:
-        result = evaluate_inference(run, datasets[task], options, measure_latency=experiment.latency)
+        result = evaluate_run_inference(run, datasets[task], options, measure_latency=experiment.latency)
         record = inference_record(task, model, seed, pretrain, variant, result, options,
                                   experiment.name, run_dir, commit, pretrained)
         append_jsonl(results, record, locked=False)  # run_experiment holds the lock

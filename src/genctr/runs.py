@@ -9,7 +9,7 @@ import json
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import polars as pl
@@ -31,6 +31,9 @@ from genctr.rundir import check_config_unchanged, open_run_folder, require_run_f
 from genctr.schema import OOV, PAD, FieldKind, parse_model, read_yaml
 from genctr.train import (BEST_WEIGHTS, CHECKPOINT, Trainer, TrainState, load_weights,
                           predict_split, seed_everything)
+
+if TYPE_CHECKING:
+    from genctr.testtime.inference import InferenceOptions
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.json"
@@ -216,3 +219,13 @@ def load_run(folder: str | Path, data_dir: str | Path | None = None) -> Run:
     load_weights(model, weights)
     model.eval()
     return Run(folder, config, encoder, model)
+
+
+def evaluate_run_inference(run: Run, dataset: EncodedDataset, options: "InferenceOptions",
+                           splits: tuple[str, ...] = ("valid", "test"),
+                           measure_latency: bool = True) -> dict[str, Any]:
+    """A test-time strategy over a saved run; its FrequencyIndex is kept in the run folder."""
+    from genctr.testtime.evaluate import evaluate_inference
+
+    return evaluate_inference(run.model, dataset, options, splits, measure_latency,
+                              index_folder=run.folder, bf16=run.config.train.bf16)

@@ -1,4 +1,9 @@
-"""The backbone zoo, chosen by name."""
+"""The backbone zoo, chosen by name.
+
+Models defined outside `models/` register themselves with `register_model`: the fine-tuned
+HeteGen network lives with pre-training (genctr.pretrain.hetegen), so that `models/` never
+imports `pretrain/`; importing `genctr.pretrain` registers it.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +18,20 @@ from genctr.models.din import DIN
 from genctr.models.dnn import DNN
 from genctr.models.finalmlp import FinalMLP
 from genctr.models.fm import FM
-from genctr.models.hetegen import HeteGen
 from genctr.models.lr import LR
 from genctr.models.widedeep import WideDeep
 from genctr.nn.embedding import FieldInfo
 from genctr.schema import parse_model
 
 MODELS: dict[str, type[CTRModel]] = {
-    cls.name: cls for cls in (LR, FM, DNN, WideDeep, DeepFM, DCNv2, AutoIntPlus, FinalMLP, DIN,
-                             HeteGen)
+    cls.name: cls for cls in (LR, FM, DNN, WideDeep, DeepFM, DCNv2, AutoIntPlus, FinalMLP, DIN)
 }
+
+
+def register_model(cls: type[CTRModel]) -> type[CTRModel]:
+    """Add a model defined above this layer to the registry (usable as a class decorator)."""
+    MODELS[cls.name] = cls
+    return cls
 
 
 def model_options(name: str, options: dict[str, Any]) -> ModelOptions:
@@ -36,4 +45,4 @@ def build_model(name: str, fields: list[FieldInfo], options: dict[str, Any] | No
     return MODELS[name](fields, model_options(name, options or {}))
 
 
-__all__ = ["MODELS", "CTRModel", "build_model", "model_options"]
+__all__ = ["MODELS", "CTRModel", "build_model", "model_options", "register_model"]

@@ -11,7 +11,7 @@ import torch
 from genctr.data.encode import FeatureEncoder
 from genctr.errors import ConfigError
 from genctr.models.base import CTRModel
-from genctr.models.hetegen import HeteGen, HeteGenOptions
+from genctr.pretrain.hetegen import HeteGen, HeteGenOptions
 from genctr.nn.embedding import field_infos
 from genctr.pretrain.loop import load_pretrained
 

@@ -1,9 +1,13 @@
-"""Run an inference strategy over a split of a saved run: metrics, average cost, latency."""
+"""Run an inference strategy over a model's splits: metrics, average cost, latency.
+
+It needs a model and its data, never a run folder: where the FrequencyIndex is kept is the
+caller's choice (genctr.runs keeps it in the run folder)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +18,6 @@ from genctr.data.store import EncodedDataset
 from genctr.metrics import evaluate_predictions
 from genctr.models.base import CTRModel
 from genctr.nn.embedding import field_infos, set_neutral_mode
-from genctr.runs import Run
 from genctr.testtime.index import INDEX_FILE, FrequencyIndex, IndexOptions
 from genctr.testtime.inference import (MATT, Inference, InferenceOptions, MCDropout, RandomPaths,
                                        Temperature)
@@ -26,17 +29,19 @@ STRATEGIES: dict[str, type[Inference]] = {
 FORWARD_ROWS = 65536  # rows per forward pass, all paths together
 
 
-def run_index(run: Run, dataset: EncodedDataset, options: IndexOptions) -> FrequencyIndex:
-    """The run's FrequencyIndex: loaded from the run folder, or built on train and saved there
-    (a separate file per index configuration)."""
-    fields = field_infos(run.encoder)
+def frequency_index(dataset: EncodedDataset, options: IndexOptions,
+                    folder: Path | None = None) -> FrequencyIndex:
+    """The FrequencyIndex of the dataset's train split: loaded from `folder`, or built and saved
+    there (a separate file per index configuration); without a folder, built and not kept."""
+    fields = field_infos(dataset.encoder)
     default = options == IndexOptions()
     digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:10]
-    path = run.folder / (INDEX_FILE if default else f"frequency_index-{digest}.npz")
-    if path.is_file() and FrequencyIndex.saved_with(path, options):
+    path = None if folder is None else folder / (INDEX_FILE if default else f"frequency_index-{digest}.npz")
+    if path is not None and path.is_file() and FrequencyIndex.saved_with(path, options):
         return FrequencyIndex.load(path, fields)
     index = FrequencyIndex.build(dataset.splits["train"], fields, options)
-    index.save(path)
+    if path is not None:
+        index.save(path)
     return index
 
 
@@ -84,23 +89,25 @@ def latency(strategy: Inference, model: CTRModel, split: EncodedSplit, requests:
             f"batch{batch_rows}_p99_ms": float(np.percentile(batched, 99))}
 
 
-def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOptions,
-                       splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True
-                       ) -> dict[str, Any]:
-    """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency)."""
-    run.model.eval()
-    own_neutral = run.model.embedding.neutral_mode
-    set_neutral_mode(run.model, options.neutral or own_neutral)
-    index = run_index(run, dataset, options.index) if STRATEGIES[options.strategy].uses_index else None
-    strategy = make_inference(options, run.config.train.bf16, index)
+def evaluate_inference(model: CTRModel, dataset: EncodedDataset, options: InferenceOptions,
+                       splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True,
+                       index_folder: Path | None = None, bf16: bool = False) -> dict[str, Any]:
+    """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency).
+    `index_folder` keeps the FrequencyIndex between calls."""
+    model.eval()
+    own_neutral = model.embedding.neutral_mode
+    set_neutral_mode(model, options.neutral or own_neutral)
+    uses_index = STRATEGIES[options.strategy].uses_index
+    index = frequency_index(dataset, options.index, index_folder) if uses_index else None
+    strategy = make_inference(options, bf16, index)
     started = time.perf_counter()
-    strategy.fit(run.model, dataset.splits["valid"])
+    strategy.fit(model, dataset.splits["valid"])
     result: dict[str, Any] = {"inference": options.label(), "strategy": options.describe(),
                               "fit_seconds": time.perf_counter() - started}
     for name in splits:
         split = dataset.splits[name]
         started = time.perf_counter()
-        prob, cost = predict_with(strategy, run.model, split)
+        prob, cost = predict_with(strategy, model, split)
         result[name] = evaluate_predictions(split.label, prob, split.group, split.segments)
         result[name] |= {"avg_cost": float(cost.mean()), "max_cost": float(cost.max()),
                          "seconds": time.perf_counter() - started}
@@ -111,6 +118,6 @@ def evaluate_inference(run: Run, dataset: EncodedDataset, options: InferenceOpti
     if index is not None:
         result["index"] = {"bytes": index.nbytes, "build_seconds": index.build_seconds}
     if measure_latency:
-        result["latency"] = latency(strategy, run.model, dataset.splits["test"])
-    set_neutral_mode(run.model, own_neutral)
+        result["latency"] = latency(strategy, model, dataset.splits["test"])
+    set_neutral_mode(model, own_neutral)
     return result

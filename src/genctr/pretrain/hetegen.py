@@ -17,12 +17,12 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from genctr.models import register_model
 from genctr.models.base import CTRModel, ModelOptions
 from genctr.nn.blocks import MLP
 from genctr.nn.embedding import FieldEmbedding
 from genctr.pretrain.corruption import Masks
 from genctr.pretrain.denoiser import Denoiser, DenoiserOptions
-
 
 
 class HeteGenOptions(ModelOptions):
@@ -58,6 +58,7 @@ class HeteGenOptions(ModelOptions):
                 "guidance": options.guidance, "guidance_detach": options.guidance_detach}
 
 
+@register_model
 class HeteGen(CTRModel):
     name = "hetegen"
     Options = HeteGenOptions
