@@ -113,3 +113,34 @@ def test_saved_config_round_trips(tmp_path):
     run, _, _ = train_run(config(tmp_path), tmp_path / "run", log=quiet)
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert RunConfig.model_validate(saved) == run.config
+
+
+def test_label_fraction_takes_a_seeded_sample_in_order(small_synthetic):
+    from genctr.runs import labelled_rows
+
+    train = small_synthetic.splits["train"]
+    tenth = labelled_rows(train, 0.1, seed=1)
+    assert len(tenth) == round(0.1 * len(train))
+    again, other = labelled_rows(train, 0.1, seed=1), labelled_rows(train, 0.1, seed=2)
+    assert np.array_equal(tenth.tokens["user_id"], again.tokens["user_id"])
+    assert not np.array_equal(tenth.tokens["user_id"], other.tokens["user_id"])
+    assert labelled_rows(train, 1.0, seed=1) is train
+
+
+def test_adamw_warm_up_and_label_fraction_train(tmp_path):
+    _, state, metrics = train_run(config(tmp_path, optimizer="adamw", weight_decay=0.05,
+                                         warmup_steps=10, label_fraction=0.5, epochs=2),
+                                  tmp_path / "r", log=quiet)
+    assert len(state.history) == 2 and metrics["test"]["auc"] > 0.55
+    with pytest.raises(ValueError, match="weight_decay needs optimizer: adamw"):
+        config(tmp_path, weight_decay=0.05)
+
+
+def test_warm_up_raises_the_learning_rate_linearly(tmp_path):
+    trainer = Trainer(config(tmp_path, warmup_steps=4, learning_rate=0.01).train, tmp_path / "w", quiet)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    seen = []
+    for step in range(6):
+        trainer._warm_up(optimizer, step)
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])

@@ -83,6 +83,16 @@ def effective_config(config: RunConfig, dataset: EncodedDataset,
     return config
 
 
+def labelled_rows(train: EncodedSplit, fraction: float, seed: int) -> EncodedSplit:
+    """A seeded `fraction` of the train rows, in their original order (the label-scarce
+    regime: the sample follows the seed, pre-training may still see every row's fields)."""
+    if fraction >= 1.0:
+        return train
+    count = max(1, int(round(fraction * len(train))))
+    rows = np.sort(np.random.default_rng([seed, 7177]).choice(len(train), count, replace=False))
+    return train.take(rows)
+
+
 def check_trainable(dataset: EncodedDataset) -> None:
     labels = np.unique(np.asarray(dataset.splits["train"].label))
     if len(labels) < 2:
@@ -115,8 +125,12 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
 
             moved = transfer_pretrained(model, config.init_from, dataset.encoder, config.freeze_embeddings)
             log(f"initialised from {config.init_from}: {', '.join(moved)}")
-        state = Trainer(config.train, work, log).fit(model, dataset.splits["train"],
-                                                     dataset.splits["valid"], resume=resuming)
+        train = labelled_rows(dataset.splits["train"], config.train.label_fraction, config.train.seed)
+        if len(train) < len(dataset.splits["train"]):
+            log(f"training on {len(train):,} of {len(dataset.splits['train']):,} labelled train rows "
+                f"(label_fraction {config.train.label_fraction}, seed {config.train.seed})")
+        state = Trainer(config.train, work, log).fit(model, train, dataset.splits["valid"],
+                                                     resume=resuming)
         if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
             _write_config(work, config)
         size = config.train.eval_batch_size

@@ -20,7 +20,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
@@ -42,6 +42,14 @@ class TrainConfig(Strict):
     batch_size: int = Field(4096, ge=1)
     eval_batch_size: int = Field(65536, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw"] = Field("adam", description="adamw: decoupled weight "
+                                                "decay (MAP's fine-tuning recipe)")
+    weight_decay: float = Field(0.0, ge=0, description="adamw's decoupled weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up over the first "
+                              "steps (fine-tuning a pre-trained model)")
+    label_fraction: float = Field(1.0, gt=0, le=1, description="train on a seeded fraction of the "
+                                  "labelled train rows (the label-scarce regime); valid and test "
+                                  "stay whole")
     embedding_l2: float = Field(0.0, ge=0, description="λ: + λ/2·‖table‖² per step, FuxiCTR's "
                                 "embedding_regularizer")
     net_l2: float = Field(0.0, ge=0, description="λ/2·‖W‖² on every other weight matrix")
@@ -58,6 +66,13 @@ class TrainConfig(Strict):
     bf16: bool = False
     threads: int | None = Field(None, ge=1)
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _decay_needs_adamw(self) -> "TrainConfig":
+        if self.weight_decay and self.optimizer != "adamw":
+            raise ValueError("weight_decay needs optimizer: adamw (Adam's coupled L2 fights its "
+                             "adaptive step; use net_l2 / embedding_l2 with adam)")
+        return self
 
 
 class TrainingDiverged(GenctrError):
@@ -200,6 +215,7 @@ class Trainer:
         with self._progress(steps, epoch) as advance:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
+                self._warm_up(optimizer, epoch * steps + batches)
                 try:
                     value = self.train_step(forward, model, optimizer, batch).item()
                     guard.check(value)
@@ -215,8 +231,20 @@ class Trainer:
         return total / max(batches, 1), time.perf_counter() - started
 
     def optimizer(self, model: CTRModel) -> torch.optim.Optimizer:
-        """Adam with its fused kernel (one pass per parameter, not ~10 ops; CPU and CUDA have it)."""
-        return torch.optim.Adam(model.parameters(), lr=self.config.learning_rate, fused=True)
+        """Adam (or AdamW) with its fused kernel (one pass per parameter, not ~10 ops; CPU and
+        CUDA have it)."""
+        cfg = self.config
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
+                                     weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, fused=True)
+
+    def _warm_up(self, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Linear warm-up: step s of the first `warmup_steps` runs at (s+1)/warmup of the LR."""
+        warmup = self.config.warmup_steps
+        if warmup and step < warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.learning_rate * (step + 1) / warmup
 
     def train_step(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
                    batch) -> torch.Tensor:
