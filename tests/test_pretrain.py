@@ -282,3 +282,74 @@ def test_neutral_mask_gives_dropped_fields_the_mask_state_on_hetegen_only(small_
     dnn = build_model("dnn", fields, {"hidden_units": [8]})
     with pytest.raises(ConfigError, match="neutral: mask"):
         set_neutral_mode(dnn, "mask")
+
+
+# ----------------------------------------------------- any backbone as the denoiser (issue 17)
+BACKBONE = {"backbone": "dcnv2", "backbone_options": {"embedding_dim": 8, "hidden_units": [32],
+                                                      "cross_layers": 1, "batch_norm": True}}
+
+
+@pytest.mark.parametrize("objective", ["mfp", "rfd"])
+def test_a_backbone_pretrains_balanced_per_field_and_transfers_whole(objective, small_synthetic, tmp_path):
+    from genctr.models import build_model
+    from genctr.pretrain.transfer import pretrained_model_options, transfer_pretrained
+
+    config = PretrainConfig(data=DATA, pretrain={
+        "epochs": 1, "batch_size": 256, "log_every": 2, "objective": objective, "denoiser": BACKBONE,
+        "balancer": {"name": "self_balancing"}, "heads": {"sampled_above": 100}})
+    folder, net, history = pretrain_run(config, tmp_path / objective, dataset=small_synthetic,
+                                        log=lambda line: None)
+    losses = history[-1]["field_loss"]
+    assert set(losses) == {f.name for f in net.fields} and all(np.isfinite(list(losses.values())))
+    assert "label" not in losses  # the label is never an input or a target
+    assert net.balancer.log_difficulty.abs().sum() > 0
+    text = (folder / "fields.md").read_text()
+    assert ("replaced?" in text) == (objective == "rfd")
+    # full transfer: a fresh DCNv2 of the same shape receives every pre-trained tensor
+    fine = RunConfig(data=DATA, model={"name": "dcnv2"}, init_from=str(folder),
+                     train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False})
+    options = pretrained_model_options(fine.model, folder)
+    assert options["hidden_units"] == [32] and options["embedding_dim"] == 8
+    model = build_model("dcnv2", field_infos(small_synthetic.encoder), {k: v for k, v in options.items() if k != "name"})
+    moved = transfer_pretrained(model, folder, small_synthetic.encoder)
+    _, _, reloaded = load_pretrained(folder)
+    pre = reloaded.backbone.state_dict()
+    for key, value in model.state_dict().items():
+        if "running" in key or "num_batches" in key:
+            continue
+        assert torch.equal(value, pre[key]), key
+    assert "dcnv2" in moved[0]
+    run, _, metrics = train_run(fine, tmp_path / f"ft-{objective}", dataset=small_synthetic,
+                                log=lambda line: None)
+    assert metrics["test"]["auc"] > 0.6 and run.config.model["hidden_units"] == [32]
+
+
+def test_replaced_field_detection_replaces_only_chosen_fields(small_synthetic):
+    from genctr.pretrain.backbone import replace_fields
+
+    fields = field_infos(small_synthetic.encoder)
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 200))
+    torch.manual_seed(0)
+    chosen = torch.rand(200, len(fields)) < 0.3
+    replaced, changed = replace_fields(batch, chosen, fields)
+    for i, info in enumerate(fields):
+        before, after = batch.tokens[info.name], replaced.tokens[info.name]
+        differs = (before != after) if before.dim() == 1 else (before != after).any(dim=1)
+        assert not differs[~chosen[:, i]].any()  # untouched where not chosen
+        if info.name in batch.values:  # a numeric field: its value may change within one bin
+            assert not (differs & ~changed[:, i]).any()
+        else:
+            assert torch.equal(differs, changed[:, i])
+    assert changed.any() and not (changed & ~chosen).any()
+
+
+@pytest.mark.parametrize("denoiser, objective, message", [
+    ({"backbone": "fm"}, "mfp", "cannot denoise"),
+    ({"backbone": "dnn", "layers": 3}, "mfp", "apply to the transformer denoiser only"),
+    ({"backbone": "transformer"}, "rfd", "needs a model backbone"),
+    ({"backbone": "dnn", "backbone_options": {"hidden_unitz": [3]}}, "mfp", "hidden_unitz"),
+])
+def test_denoiser_options_are_checked(denoiser, objective, message, small_synthetic):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        options = PretrainOptions.model_validate({"denoiser": denoiser, "objective": objective})
+        build_network(field_infos(small_synthetic.encoder), options)

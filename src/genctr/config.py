@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -42,6 +42,9 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs"
     init_from: str | None = Field(None, description="a pre-training run folder to fine-tune from")
+    transfer: Literal["full", "embedding"] = Field(
+        "full", description="with init_from: full (the whole pre-trained backbone, when the model "
+        "is the pre-training's denoiser backbone or hetegen) or embedding (the field tables only)")
     freeze_embeddings: bool = Field(False, description="with init_from: keep the transferred "
                                     "embedding tables fixed")
 

@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import yaml
 import numpy as np
@@ -38,6 +38,7 @@ class FinetuneSpec(Strict):
     the same model from scratch)."""
 
     pretrain: list[str]
+    transfer: Literal["full", "embedding"] = "full"
     freeze_embeddings: bool = False
 
 
@@ -125,6 +126,7 @@ class ExperimentConfig(Strict):
                          data=self.tasks[task], model=self.models[model],
                          train=TrainConfig.model_validate(train), output_dir=self.output_dir,
                          init_from=init_from,
+                         transfer=self.finetune[model].transfer if tuned else "full",
                          freeze_embeddings=tuned and self.finetune[model].freeze_embeddings)
 
 
@@ -168,8 +170,15 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
         return {}
     history = Path(config.init_from) / "history.jsonl"
     seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
+    pretrained = yaml.safe_load((Path(config.init_from) / "config.yaml").read_text())["pretrain"]
+    transfer = ("frozen_embedding" if config.freeze_embeddings
+                else "full" if config.transfer == "full" and config.model_name in (
+                    "hetegen", pretrained["denoiser"].get("backbone", "transformer")) else "embedding")
     return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
-            "pretrain_field_weights": final_field_weights(config.init_from)}
+            "pretrain_field_weights": final_field_weights(config.init_from),
+            "denoiser": pretrained["denoiser"].get("backbone", "transformer"),
+            "objective": pretrained.get("objective", "mfp"), "transfer": transfer,
+            "pretrain_epochs": pretrained["epochs"]}
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:

@@ -74,7 +74,8 @@ def effective_config(config: RunConfig, dataset: EncodedDataset,
     if config.init_from:
         from genctr.pretrain.transfer import pretrained_model_options
 
-        config = config.model_copy(update={"model": pretrained_model_options(config.model, config.init_from)})
+        config = config.model_copy(update={"model": pretrained_model_options(
+            config.model, config.init_from, config.transfer)})
     positives = int(np.asarray(dataset.splits["valid"].label).sum())
     if positives < MIN_VALID_POSITIVES and config.train.monitor == "auc":
         log(f"warning: the valid split has only {positives} positive(s) (< {MIN_VALID_POSITIVES}); "
@@ -123,7 +124,8 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
         if config.init_from and not resuming:
             from genctr.pretrain.transfer import transfer_pretrained
 
-            moved = transfer_pretrained(model, config.init_from, dataset.encoder, config.freeze_embeddings)
+            moved = transfer_pretrained(model, config.init_from, dataset.encoder,
+                                        config.freeze_embeddings, config.transfer)
             log(f"initialised from {config.init_from}: {', '.join(moved)}")
         train = labelled_rows(dataset.splits["train"], config.train.label_fraction, config.train.seed)
         if len(train) < len(dataset.splits["train"]):

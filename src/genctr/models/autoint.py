@@ -1,5 +1,6 @@
 """AutoInt+ (Song et al., 2019): self-attention over fields, plus a DNN."""
 
+import torch
 from pydantic import Field
 from torch import nn
 
@@ -29,7 +30,17 @@ class AutoIntPlus(CTRModel):
         self.mlp = MLP(self.flat_dim, options.hidden_units, out_dim=1, dropout=options.dropout,
                        batch_norm=options.batch_norm)
 
-    def forward(self, batch, drop=None):
+    can_represent = True
+
+    def represent(self, batch, drop=None):
+        """[B, H]: the attended fields beside the MLP's last hidden layer (the two heads' inputs)."""
         fields = self.embedding(batch, drop)
-        attended = self.attention(fields).flatten(1)
-        return (self.attention_head(attended) + self.mlp(fields.flatten(1))).squeeze(-1)
+        return torch.cat([self.attention(fields).flatten(1), self.mlp.layers[:-1](fields.flatten(1))], dim=1)
+
+    def score(self, hidden):
+        attended, deep = hidden.split([self.attention_head.in_features, self.mlp.layers[-1].in_features], dim=1)
+        return (self.attention_head(attended) + self.mlp.layers[-1](deep)).squeeze(-1)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.attention_head.in_features + self.mlp.layers[-1].in_features

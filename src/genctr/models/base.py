@@ -43,8 +43,25 @@ class CTRModel(nn.Module):
     def flat_dim(self) -> int:
         return self.embedding.num_fields * self.embedding.dim
 
+    # models that split into a body and an output layer (represent + score) can serve as a
+    # pre-training denoiser and receive full transfer (genctr.pretrain.backbone)
+    can_represent: ClassVar[bool] = False
+
     def forward(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
-        raise NotImplementedError
+        return self.score(self.represent(batch, drop))
+
+    def represent(self, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, H]: everything before the output layer."""
+        raise NotImplementedError(f"model '{self.name}' has no represent()")
+
+    def score(self, hidden: torch.Tensor) -> torch.Tensor:
+        """logits [B] from represent()'s [B, H]."""
+        raise NotImplementedError(f"model '{self.name}' has no score()")
+
+    @property
+    def hidden_dim(self) -> int:
+        """H, the width of represent()'s output."""
+        raise NotImplementedError(f"model '{self.name}' has no represent()")
 
 
 class FirstOrder(nn.Module):

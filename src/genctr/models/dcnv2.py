@@ -29,11 +29,18 @@ class DCNv2(CTRModel):
         head_in = self.mlp.out_dim + (self.flat_dim if options.structure == "parallel" else 0)
         self.head = nn.Linear(head_in, 1)
 
-    def forward(self, batch, drop=None):
+    can_represent = True
+
+    def represent(self, batch, drop=None):
         flat = to_autocast_dtype(self.embedding(batch, drop).flatten(1))  # for cross and MLP
         crossed = self.cross(flat)
         if self.options.structure == "stacked":
-            out = self.mlp(crossed)
-        else:
-            out = torch.cat([crossed, self.mlp(flat)], dim=1)
-        return self.head(out).squeeze(-1)
+            return self.mlp(crossed)
+        return torch.cat([crossed, self.mlp(flat)], dim=1)
+
+    def score(self, hidden):
+        return self.head(hidden).squeeze(-1)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.head.in_features

@@ -38,7 +38,9 @@ class DIN(CTRModel):
         self.mlp = MLP(self.flat_dim, options.hidden_units, out_dim=1, dropout=options.dropout,
                        batch_norm=options.batch_norm)
 
-    def forward(self, batch, drop=None):
+    can_represent = True
+
+    def represent(self, batch, drop=None):
         fields = self.embedding(batch, drop)
         items, mask = self.embedding.sequence(batch, self.sequence_name)
         interest = self.attention(items, mask, fields[:, self.target_index])
@@ -47,4 +49,11 @@ class DIN(CTRModel):
             interest = torch.where(keep, interest, fields[:, self.sequence_index])
         fields = torch.cat([fields[:, :self.sequence_index], interest.unsqueeze(1),
                             fields[:, self.sequence_index + 1:]], dim=1)
-        return self.mlp(fields.flatten(1)).squeeze(-1)
+        return self.mlp.layers[:-1](fields.flatten(1))
+
+    def score(self, hidden):
+        return self.mlp.layers[-1](hidden).squeeze(-1)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp.layers[-1].in_features

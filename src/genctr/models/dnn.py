@@ -23,5 +23,14 @@ class DNN(CTRModel):
         self.mlp = MLP(self.flat_dim, options.hidden_units, out_dim=1, dropout=options.dropout,
                        batch_norm=options.batch_norm)
 
-    def forward(self, batch, drop=None):
-        return self.mlp(self.embedding(batch, drop).flatten(1)).squeeze(-1)
+    can_represent = True
+
+    def represent(self, batch, drop=None):
+        return self.mlp.layers[:-1](self.embedding(batch, drop).flatten(1))
+
+    def score(self, hidden):
+        return self.mlp.layers[-1](hidden).squeeze(-1)
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.mlp.layers[-1].in_features

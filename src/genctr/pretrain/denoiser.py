@@ -13,10 +13,10 @@ field f is scaled by exp(−s_f / 2), s_f the field's learned log-difficulty; so
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from genctr.data.batches import Batch
@@ -25,7 +25,15 @@ from genctr.pretrain.corruption import Masks
 from genctr.schema import FieldKind, Strict
 
 
+TRANSFORMER_KEYS = ("d_model", "layers", "heads", "ffn_multiple", "dropout", "attention",
+                    "guidance", "guidance_detach")
+
+
 class DenoiserOptions(Strict):
+    backbone: str = Field("transformer", description="transformer (the field-token denoiser "
+                          "below) or a model name whose body denoises (dnn, dcnv2, autoint, din)")
+    backbone_options: dict[str, Any] = Field(default_factory=dict, description="that model's "
+                                             "options (as under `model:` in a run config)")
     d_model: int = Field(32, ge=4, description="token width; also the field embedding dimension")
     layers: int = Field(2, ge=1)
     heads: int = Field(4, ge=1)
@@ -35,6 +43,27 @@ class DenoiserOptions(Strict):
     guidance: Literal["none", "query", "key"] = Field(
         "query", description="scale this side of a field's tokens by exp(-s_f/2)")
     guidance_detach: bool = Field(True, description="no gradient from attention into s")
+
+    @model_validator(mode="after")
+    def _keys_of_the_chosen_denoiser(self) -> "DenoiserOptions":
+        if self.backbone == "transformer":
+            if self.backbone_options:
+                raise ValueError("backbone_options apply to a model backbone, not the transformer")
+            return self
+        from genctr.models import MODELS, model_options  # the registry, validated by name
+
+        # a saved config lists every key: only a non-default transformer key is a mistake
+        misplaced = sorted(k for k in self.model_fields_set & set(TRANSFORMER_KEYS)
+                           if getattr(self, k) != type(self).model_fields[k].default)
+        if misplaced:
+            raise ValueError(f"{misplaced} apply to the transformer denoiser only; give "
+                             f"'{self.backbone}' its options under backbone_options")
+        if self.backbone not in MODELS or not MODELS[self.backbone].can_represent:
+            able = sorted(n for n, cls in MODELS.items() if cls.can_represent)
+            raise ValueError(f"backbone '{self.backbone}' cannot denoise; choose transformer or "
+                             f"one of {able}")
+        model_options(self.backbone, self.backbone_options)
+        return self
 
 
 class GuidedSelfAttention(nn.Module):

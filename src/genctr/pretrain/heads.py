@@ -58,6 +58,42 @@ def cosine_softmax_loss(query: torch.Tensor, table: torch.Tensor, targets: torch
     return loss, accuracy
 
 
+def head_kind(info: FieldInfo, options: HeadOptions) -> str:
+    """How a field is reconstructed: "set" (multi), "sampled" or "softmax" by vocabulary size."""
+    if info.kind is FieldKind.multi:
+        return "set"
+    return "sampled" if info.vocab_size > options.sampled_above else "softmax"
+
+
+def field_loss(kind: str, query: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+               options: HeadOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss, accuracy) of reconstructing `targets` from `query` [N, d] against the field's
+    own embedding table [V, d]: a set (targets [N, L]), sampled cosine or full softmax."""
+    if kind == "set":
+        return set_loss(query, table, targets)
+    if kind == "sampled":
+        return cosine_softmax_loss(query, table, targets, torch.unique(targets), options.temperature)
+    logits = query.float() @ table.float().T
+    logits[:, PAD] = float("-inf")
+    loss = nn.functional.cross_entropy(logits, targets)
+    with torch.no_grad():
+        accuracy = (logits.argmax(-1) == targets).float().mean()
+    return loss, accuracy
+
+
+def set_loss(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-label BCE over the vocabulary (padding excluded); accuracy: top-1 is in the set."""
+    logits = (query.float() @ table.float().T)[:, PAD + 1:]
+    target = torch.zeros_like(logits)
+    rows = torch.arange(len(items)).unsqueeze(1).expand_as(items)
+    valid = items != PAD
+    target[rows[valid], items[valid] - 1] = 1.0
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
+    hit = target.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
+    return loss, hit.mean()
+
+
 class FieldHeads(nn.Module):
     def __init__(self, fields: list[FieldInfo], width: int, options: HeadOptions) -> None:
         super().__init__()
@@ -67,9 +103,7 @@ class FieldHeads(nn.Module):
         self.label = nn.Linear(width, 2)
 
     def kind(self, info: FieldInfo) -> str:
-        if info.kind is FieldKind.multi:
-            return "set"
-        return "sampled" if info.vocab_size > self.options.sampled_above else "softmax"
+        return head_kind(info, self.options)
 
     def forward(self, hidden: torch.Tensor, batch: Batch, masks: Masks, denoiser: Denoiser) -> FieldLosses:
         """Per-field losses of the masked occurrences; `hidden` [B, T, d] from the denoiser."""
@@ -91,18 +125,7 @@ class FieldHeads(nn.Module):
             states, targets = self._subsample(states, targets)
             table = denoiser.embedding.tables[info.table].weight
             query = self.project[info.name](states)
-            if info.kind is FieldKind.multi:
-                losses[i], accuracy[i] = self._set_loss(query, table, targets)
-            elif self.kind(info) == "sampled":
-                candidates = torch.unique(targets)
-                losses[i], accuracy[i] = cosine_softmax_loss(query, table, targets, candidates,
-                                                             self.options.temperature)
-            else:
-                logits = query.float() @ table.float().T
-                logits[:, PAD] = float("-inf")
-                losses[i] = nn.functional.cross_entropy(logits, targets)
-                with torch.no_grad():
-                    accuracy[i] = (logits.argmax(-1) == targets).float().mean()
+            losses[i], accuracy[i] = field_loss(self.kind(info), query, table, targets, self.options)
             present[i] = True
         labelled = masks.fields[:, -1]
         if labelled.any():
@@ -121,19 +144,6 @@ class FieldHeads(nn.Module):
             return states, targets
         keep = torch.randperm(len(states), device=states.device)[:limit]
         return states[keep], targets[keep]
-
-    @staticmethod
-    def _set_loss(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Multi-label BCE over the vocabulary (padding excluded); accuracy: top-1 is in the set."""
-        logits = (query.float() @ table.float().T)[:, PAD + 1:]
-        target = torch.zeros_like(logits)
-        rows = torch.arange(len(items)).unsqueeze(1).expand_as(items)
-        valid = items != PAD
-        target[rows[valid], items[valid] - 1] = 1.0
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
-        hit = target.gather(1, logits.argmax(-1, keepdim=True)).squeeze(1)
-        return loss, hit.mean()
 
     def label_logit(self, hidden: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
         """CTR logit [B] from the label token: logit(click) − logit(no click)."""

@@ -12,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ from genctr.data.encode import FeatureEncoder
 from genctr.data.store import EncodedDataset, prepare
 from genctr.files import save_tensors_atomic
 from genctr.nn.embedding import FieldInfo, field_infos
+from genctr.errors import ConfigError
+from genctr.pretrain.backbone import BackboneNet
 from genctr.pretrain.balance import BalancerOptions
 from genctr.pretrain.corruption import CorruptionOptions
 from genctr.pretrain.denoiser import DenoiserOptions
@@ -48,6 +50,9 @@ class PretrainOptions(Strict):
     corruption: CorruptionOptions = Field(default_factory=CorruptionOptions)
     heads: HeadOptions = Field(default_factory=HeadOptions)
     balancer: BalancerOptions = Field(default_factory=BalancerOptions)
+    objective: Literal["mfp", "rfd"] = Field("mfp", description="masked field prediction (the "
+                                             "diffusion objective) or replaced field detection "
+                                             "(model backbones only)")
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(2048, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -77,9 +82,17 @@ def load_pretrain_config(path: str | Path) -> PretrainConfig:
     return parse_model(PretrainConfig, resolve_paths(read_yaml(path), path), str(path))
 
 
-def build_network(fields: list[FieldInfo], options: PretrainOptions) -> GenerativeNet:
+def build_network(fields: list[FieldInfo], options: PretrainOptions) -> GenerativeNet | BackboneNet:
+    """The transformer denoiser (GenerativeNet) or a model backbone (BackboneNet)."""
     seed_everything(options.seed)
-    return GenerativeNet(fields, options.denoiser, options.heads, options.balancer, options.corruption)
+    denoiser = options.denoiser
+    if denoiser.backbone == "transformer":
+        if options.objective != "mfp":
+            raise ConfigError("pretrain.objective rfd needs a model backbone as the denoiser "
+                              "(pretrain.denoiser.backbone: dnn, dcnv2, ...)")
+        return GenerativeNet(fields, denoiser, options.heads, options.balancer, options.corruption)
+    return BackboneNet(fields, denoiser.backbone, denoiser.backbone_options, options.objective,
+                       options.heads, options.balancer, options.corruption)
 
 
 def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
@@ -143,8 +156,8 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
         seconds = time.perf_counter() - started
         count = np.maximum(sums["count"], 1)
         record = {"epoch": epoch, "epoch_seconds": seconds, "samples_per_s": len(train) / seconds,
-                  "field_loss": _by_name(names, sums["loss"] / count),
-                  "field_accuracy": _by_name(names, sums["accuracy"] / count),
+                  "field_loss": _by_name(names, sums["loss"] / count, sums["count"] > 0),
+                  "field_accuracy": _by_name(names, sums["accuracy"] / count, sums["count"] > 0),
                   "weight": _by_name(names, net.balancer.field_weights(weights)),
                   "log_difficulty": _by_name(names, net.balancer.log_difficulties())}
         history.append(record)
