@@ -353,3 +353,36 @@ def test_denoiser_options_are_checked(denoiser, objective, message, small_synthe
     with pytest.raises((ConfigError, ValueError), match=message):
         options = PretrainOptions.model_validate({"denoiser": denoiser, "objective": objective})
         build_network(field_infos(small_synthetic.encoder), options)
+
+
+def test_pretraining_resumes_after_a_kill_to_the_same_weights(small_synthetic, tmp_path, monkeypatch):
+    import genctr.pretrain.loop as loop
+
+    config = PretrainConfig(data=DATA, pretrain={
+        "epochs": 3, "batch_size": 512, "log_every": 3, "denoiser": BACKBONE,
+        "balancer": {"name": "self_balancing"},
+        "heads": {"sampled_above": 100}})
+    _, whole, history = pretrain_run(config, tmp_path / "whole", dataset=small_synthetic, log=lambda line: None)
+    original = loop.iterate_batches
+    calls = {"epochs": 0}
+
+    def killed_in_epoch_2(*args, **kwargs):
+        calls["epochs"] += 1
+        if calls["epochs"] == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "iterate_batches", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain_run(config, tmp_path / "killed", dataset=small_synthetic, log=lambda line: None)
+    monkeypatch.setattr(loop, "iterate_batches", original)
+    _, resumed, again = pretrain_run(config, tmp_path / "killed", dataset=small_synthetic,
+                                     log=lambda line: None, resume=True)
+    for (key, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+    assert [h["field_loss"] for h in again] == [h["field_loss"] for h in history]
+    trajectory = (tmp_path / "killed" / "trajectory.jsonl").read_text()
+    assert trajectory == (tmp_path / "whole" / "trajectory.jsonl").read_text()
+    changed = config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"learning_rate": 0.01})})
+    with pytest.raises(ConfigError, match="pretrain.learning_rate"):
+        pretrain_run(changed, tmp_path / "killed", dataset=small_synthetic, log=lambda line: None, resume=True)

@@ -230,14 +230,18 @@ def predict(run_dir: Path, input_file: Path, output_file: Path,
 @app.command()
 def pretrain(config_file: Path, output: Optional[Path] = typer.Option(
         None, "--output", help="run folder (default: OUTPUT_DIR/NAME from the config)"),
+        resume: bool = typer.Option(False, "--resume", metavar="",
+                                    help="continue the pre-training in the folder (a killed one)"),
         overwrite: bool = typer.Option(False, "--overwrite", metavar="",
                                        help="replace an existing pre-training once the new one has succeeded")
         ) -> None:
-    """Generative pre-training (HeteGenCTR / uniform diffusion); logs per-field losses and weights."""
+    """Generative pre-training (HeteGenCTR, or any backbone as the denoiser); logs per-field
+    losses and weights."""
     from genctr.pretrain.loop import load_pretrain_config, pretrain_run
 
     config = load_pretrain_config(config_file)
-    folder, _, history = pretrain_run(config, output, log=console.print, overwrite=overwrite)
+    folder, _, history = pretrain_run(config, output, log=console.print, overwrite=overwrite,
+                                      resume=resume)
     console.print(f"pre-training saved in {folder} ({len(history)} epochs, median "
                   f"{sorted(h['epoch_seconds'] for h in history)[len(history) // 2]:.1f} s/epoch); "
                   f"per-field summary {folder / 'fields.md'}, plot {folder / 'field_weights.png'}")

@@ -296,9 +296,9 @@ def _pretrain_cell(experiment: ExperimentConfig, task: str, label: str, seed: in
     config_path = folder.parent / f"{folder.name}-pretrain.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     log(f"pre-train {task} {label} seed {seed} -> {folder}")
-    # an unfinished pre-training of this cell (killed) is replaced; it is this experiment's own
+    # an unfinished pre-training of this cell (killed) is continued from its last epoch
     done = subprocess.run([sys.executable, "-m", "genctr", "pretrain", str(config_path), "--output",
-                           str(folder), "--overwrite"], text=True)
+                           str(folder), "--resume"], text=True)
     if done.returncode != 0:
         raise GenctrError(f"pre-training {task}/{label}/seed {seed} failed (exit {done.returncode})")
 

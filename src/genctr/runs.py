@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import polars as pl
-import torch
 import yaml
 
 from genctr.config import DataConfig, RunConfig
@@ -29,7 +28,7 @@ from genctr.models import CTRModel, build_model
 from genctr.nn.embedding import field_infos
 from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file
 from genctr.schema import OOV, PAD, FieldKind, parse_model, read_yaml
-from genctr.train import (BEST_WEIGHTS, CHECKPOINT, Trainer, TrainState, load_weights,
+from genctr.train import (BEST_WEIGHTS, CHECKPOINT, HISTORY, Trainer, TrainState, load_weights,
                           predict_split, seed_everything)
 
 if TYPE_CHECKING:
@@ -117,7 +116,8 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
         if resuming:
             saved = read_yaml(require_run_file(work, CONFIG_FILE, "run"))
             check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
-        else:
+        else:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
+            (work / HISTORY).unlink(missing_ok=True)
             _write_config(work, config)
             dataset.encoder.save(work / ENCODER_FILE)
         model = build_for(config, dataset.encoder)

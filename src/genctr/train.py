@@ -132,6 +132,19 @@ def predict_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536,
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+def apply_step(optimizer: torch.optim.Optimizer, objective: torch.Tensor, parameters,
+               grad_clip: float | None) -> None:
+    """The one optimisation step of training and pre-training: a non-finite objective raises
+    TrainingDiverged before the weights are touched; then zero, backward, clip, step."""
+    if not torch.isfinite(objective):
+        raise TrainingDiverged(f"loss became {objective.item()}")
+    optimizer.zero_grad(set_to_none=True)
+    objective.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load saved weights (never unpickling code); a file that does not fit is one line."""
     state = load_tensors(path, "weights file")
@@ -258,13 +271,7 @@ class Trainer:
             logits = forward(batch, drop)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
         objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
-        if not torch.isfinite(objective):
-            raise TrainingDiverged(f"loss became {objective.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        apply_step(optimizer, objective, model.parameters(), cfg.grad_clip)
         return loss.detach()
 
     def _progress(self, steps: int, epoch: int):

@@ -1,6 +1,7 @@
 """`genctr pretrain CONFIG`: generative pre-training, logged per field, saved as a run folder.
 
-The folder holds config.yaml, encoder.json, pretrain.pt (the GenerativeNet weights),
+The folder holds config.yaml, encoder.json, checkpoint.pt (after every epoch: weights,
+optimizer, RNG states; `--resume` continues from it), pretrain.pt (the final network weights),
 history.jsonl (per epoch: seconds, per-field loss, accuracy and weight), trajectory.jsonl (the
 per-field weights and losses every `log_every` steps), fields.md (the summary table: field,
 kind, vocabulary size, final loss, accuracy, weight) and field_weights.png.
@@ -24,7 +25,8 @@ from genctr.config import DataConfig, resolve_paths
 from genctr.data.batches import iterate_batches
 from genctr.data.encode import FeatureEncoder
 from genctr.data.store import EncodedDataset, prepare
-from genctr.files import save_tensors_atomic
+from genctr.errors import DataError
+from genctr.files import load_tensors, save_tensors_atomic
 from genctr.nn.embedding import FieldInfo, field_infos
 from genctr.errors import ConfigError
 from genctr.pretrain.backbone import BackboneNet
@@ -34,12 +36,13 @@ from genctr.pretrain.denoiser import DenoiserOptions
 from genctr.pretrain.heads import HeadOptions
 from genctr.pretrain.network import GenerativeNet
 from genctr.schema import Strict, parse_model, read_yaml
-from genctr.rundir import open_run_folder, require_run_file, validate_run_name
-from genctr.train import DivergenceGuard, TrainingDiverged, load_weights, seed_everything
+from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file, validate_run_name
+from genctr.train import DivergenceGuard, TrainingDiverged, apply_step, load_weights, seed_everything
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.json"
 WEIGHTS_FILE = "pretrain.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
 HISTORY_FILE = "history.jsonl"
 TRAJECTORY_FILE = "trajectory.jsonl"
 FIELDS_FILE = "fields.json"
@@ -95,25 +98,35 @@ def build_network(fields: list[FieldInfo], options: PretrainOptions) -> Generati
                        options.heads, options.balancer, options.corruption)
 
 
+# keys of a pre-training's config that may change when it is continued with --resume
+RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "pretrain.epochs", "pretrain.threads",
+                  "pretrain.log_every"}
+
+
 def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
                  dataset: EncodedDataset | None = None, log: Callable[[str], None] = print,
-                 overwrite: bool = False) -> tuple[Path, GenerativeNet, list[dict]]:
+                 overwrite: bool = False, resume: bool = False
+                 ) -> tuple[Path, GenerativeNet | BackboneNet, list[dict]]:
     """Pre-train on the train split; returns the folder, the network and the epoch history.
 
-    Data are checked before any folder is touched; an existing pre-training is replaced only
-    with `overwrite`, and only once the new one has succeeded (genctr.rundir)."""
+    Data are checked before any folder is touched; an existing pre-training is continued with
+    `resume` (to the same weights as an uninterrupted run) or replaced with `overwrite`, and
+    only once the new one has succeeded (genctr.rundir)."""
     target = Path(folder or Path(config.output_dir) / config.run_name())
     dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
-    with open_run_folder(target, "pretrain", overwrite=overwrite) as (work, _):
-        net, history = _pretrain_into(work, config, dataset, log)
+    with open_run_folder(target, "pretrain", resume, overwrite) as (work, existing):
+        resuming = existing and (work / CHECKPOINT_FILE).is_file()
+        if resuming:
+            saved = read_yaml(require_run_file(work, CONFIG_FILE, "pre-training run"))
+            check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
+        net, history = _pretrain_into(work, config, dataset, log, resuming)
     return target, net, history
 
 
 def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset,
-                   log: Callable[[str], None]) -> tuple[GenerativeNet, list[dict]]:
+                   log: Callable[[str], None], resuming: bool
+                   ) -> tuple[GenerativeNet | BackboneNet, list[dict]]:
     options = config.pretrain
-    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    dataset.encoder.save(folder / ENCODER_FILE)
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     net = build_network(field_infos(dataset.encoder), options)
     s_params = [net.balancer.log_difficulty] if net.balancer.log_difficulty is not None else []
@@ -122,9 +135,19 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
                                   {"params": s_params, "lr": options.balancer.s_learning_rate}])
     names = net.field_names()
     generator = torch.Generator().manual_seed(options.seed)
-    history, step, guard = [], 0, DivergenceGuard()
+    state = {"epoch": 0, "step": 0, "first_loss": None, "history": []}
+    if resuming:
+        state = _load_checkpoint(folder, net, optimizer, generator)
+        log(f"resumed pre-training after {state['epoch']} epoch(s)")
+    else:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
+        for stale in (HISTORY_FILE, TRAJECTORY_FILE):
+            (folder / stale).unlink(missing_ok=True)
+        _write_config(folder, config)
+        dataset.encoder.save(folder / ENCODER_FILE)
+    guard = DivergenceGuard(state["first_loss"])
+    history, step = state["history"], state["step"]
     train = dataset.splits["train"]
-    for epoch in range(options.epochs):
+    for epoch in range(state["epoch"], options.epochs):
         net.train()
         sums = {"loss": np.zeros(len(names)), "accuracy": np.zeros(len(names)), "count": np.zeros(len(names))}
         started = time.perf_counter()
@@ -133,15 +156,13 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
             with torch.autocast("cpu", torch.bfloat16, enabled=options.bf16):
                 loss, weights, field_losses = net.losses(batch, masks)
             try:
+                apply_step(optimizer, loss, others, options.grad_clip)
                 guard.check(float(loss.detach()))
             except TrainingDiverged as diverged:
+                kept = (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 0
+                        else "no epoch had finished, so nothing was saved")
                 raise TrainingDiverged(f"pre-training diverged: {diverged} in epoch {epoch}, step "
-                                       f"{step}; nothing was saved. Lower pretrain.learning_rate") from None
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if options.grad_clip is not None:
-                nn.utils.clip_grad_norm_(others, options.grad_clip)
-            optimizer.step()
+                                       f"{step}; {kept}. Lower pretrain.learning_rate") from None
             present = field_losses.present.numpy()
             sums["loss"][present] += field_losses.losses.detach().numpy()[present]
             sums["accuracy"][present] += field_losses.accuracy.numpy()[present]
@@ -162,11 +183,45 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
                   "log_difficulty": _by_name(names, net.balancer.log_difficulties())}
         history.append(record)
         _append(folder / HISTORY_FILE, record)
+        state = {"epoch": epoch + 1, "step": step, "first_loss": guard.first_loss, "history": history}
+        save_tensors_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                             "state": state, "torch_rng": torch.get_rng_state(),
+                             "mask_rng": generator.get_state()}, folder / CHECKPOINT_FILE)
         log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
+    if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
+        _write_config(folder, config)
     save_tensors_atomic(net.state_dict(), folder / WEIGHTS_FILE)
     write_field_summary(folder, net, history)
     return net, history
+
+
+def _write_config(folder: Path, config: PretrainConfig) -> None:
+    (folder / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def _load_checkpoint(folder: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
+                     generator: torch.Generator) -> dict:
+    """Restore weights, optimizer, both RNGs and the loop state; history and trajectory files
+    are cut back to the checkpoint (a kill mid-epoch may have appended past it)."""
+    path = folder / CHECKPOINT_FILE
+    saved = load_tensors(path, "checkpoint")
+    try:
+        net.load_state_dict(saved["net"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        generator.set_state(saved["mask_rng"])
+        state = dict(saved["state"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise DataError(f"{path}: the checkpoint does not fit this pre-training ({first})") from None
+    (folder / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
+    trajectory = folder / TRAJECTORY_FILE
+    if trajectory.is_file():
+        kept = [line for line in trajectory.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] < state["step"]]
+        trajectory.write_text("".join(line + "\n" for line in kept))
+    return state
 
 
 def _by_name(names: list[str], values: np.ndarray, present: np.ndarray | None = None) -> dict:
