@@ -23,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from genctr.config import DataConfig, RunConfig, resolve_data_paths
 from genctr.data.store import prepare
 from genctr.errors import GenctrError
-from genctr.files import append_jsonl, check_writable, results_lock
+from genctr.files import append_jsonl, check_writable, read_jsonl, results_lock
 from genctr.models import model_options
 from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions, final_field_weights
 from genctr.provenance import git_commit, machine, now_iso
@@ -153,9 +153,7 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 def recorded(results: Path, experiment: str) -> tuple[set[tuple], set[tuple]]:
     """The experiment's recorded training cells (task, model, seed, pretrain) and inference
     cells (the same + inference, variant), from one read of the results file."""
-    if not results.is_file():
-        return set(), set()
-    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    records = read_jsonl(results)
     ours = [r for r in records if r.get("experiment") == experiment]
     cell = lambda r: (r["task"], r["model"], r["seed"], r.get("pretrain", "none"))  # noqa: E731
     return ({cell(r) for r in ours if "variant" not in r},
@@ -168,8 +166,7 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
     record carries them so a report needs no run folder."""
     if not config.init_from:
         return {}
-    history = Path(config.init_from) / "history.jsonl"
-    seconds = [json.loads(line)["epoch_seconds"] for line in history.read_text().splitlines() if line.strip()]
+    seconds = [r["epoch_seconds"] for r in read_jsonl(Path(config.init_from) / HISTORY)]
     pretrained = yaml.safe_load((Path(config.init_from) / "config.yaml").read_text())["pretrain"]
     transfer = ("frozen_embedding" if config.freeze_embeddings
                 else "full" if config.transfer == "full" and config.model_name in (
@@ -179,12 +176,6 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
             "denoiser": pretrained["denoiser"].get("backbone", "transformer"),
             "objective": pretrained.get("objective", "mfp"), "transfer": transfer,
             "pretrain_epochs": pretrained["epochs"]}
-
-
-def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records of a trained run (history.jsonl)."""
-    path = run_dir / HISTORY
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
@@ -318,7 +309,7 @@ def _train_cell(experiment: ExperimentConfig, cell: tuple[str, str, int, str], c
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit, pretrain)
     record["history"] = [{k: e[k] for k in ("epoch", "train_loss", "valid_auc", "valid_logloss")}
-                         for e in read_history(run_dir)]
+                         for e in read_jsonl(run_dir / HISTORY)]
     append_jsonl(results, record, locked=False)  # run_experiment holds the lock
     log(f"  test auc {record['test_auc']:.5f} logloss {record['test_logloss']:.5f}")
     return 1

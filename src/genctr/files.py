@@ -78,6 +78,14 @@ def check_writable(path: str | Path, what: str) -> None:
         raise DataError(f"{path}: {what} is not writable")
 
 
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (results, history, trajectory); [] when it is absent."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def results_lock(path: str | Path) -> contextlib.AbstractContextManager[None]:
     """The lock of a results file; `genctr run` holds it for its whole run."""
     return exclusive_lock(f"{path}.lock", f"results file {path}")

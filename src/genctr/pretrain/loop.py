@@ -26,7 +26,7 @@ from genctr.data.batches import iterate_batches
 from genctr.data.encode import FeatureEncoder
 from genctr.data.store import EncodedDataset, prepare
 from genctr.errors import DataError
-from genctr.files import load_tensors, save_tensors_atomic
+from genctr.files import load_tensors, read_jsonl, save_tensors_atomic
 from genctr.nn.embedding import FieldInfo, field_infos
 from genctr.errors import ConfigError
 from genctr.pretrain.backbone import BackboneNet
@@ -258,7 +258,7 @@ def write_field_summary(folder: Path, net: GenerativeNet, history: list[dict]) -
                      f"{fmt(r['final_loss'])} | {fmt(r['final_accuracy'])} | {fmt(r['final_weight'])} | "
                      f"{fmt(r['log_difficulty'])} |")
     (folder / "fields.md").write_text("\n".join(lines) + "\n")
-    trajectory = [json.loads(line) for line in (folder / TRAJECTORY_FILE).read_text().splitlines()]
+    trajectory = read_jsonl(folder / TRAJECTORY_FILE)
     plot_field_trajectories(trajectory, folder / "field_weights.png",
                             f"{net.balancer.options.name}: per-field weight and loss")
 
