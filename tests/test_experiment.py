@@ -127,6 +127,17 @@ def test_pretrain_then_finetune_matrix(tmp_path):
     again = genctr("run", "exp.yaml", cwd=tmp_path)
     assert again.returncode == 0 and "pre-train" not in again.stdout
     assert len((tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()) == 4
+    # a second experiment fine-tunes from the first one's pre-training runs (scarce labels)
+    scarce = {**experiment, "name": "scarce", "results": "bench/results/scarce.jsonl",
+              "pretrain_experiment": "tiny", "train": {**experiment["train"], "label_fraction": 0.3},
+              "models": {"dnn-emb": experiment["models"]["dnn-emb"]},
+              "finetune": {"dnn-emb": {"pretrain": ["self_balancing"], "transfer": "frozen_embedding"}}}
+    (tmp_path / "scarce.yaml").write_text(yaml.safe_dump(scarce))
+    reused = genctr("run", "scarce.yaml", cwd=tmp_path)
+    assert reused.returncode == 0 and "pre-train" not in reused.stdout, reused.stdout + reused.stderr
+    [record] = [json.loads(x) for x in (tmp_path / "bench/results/scarce.jsonl").read_text().splitlines()]
+    assert record["transfer"] == "frozen_embedding" and record["config"]["train"]["label_fraction"] == 0.3
+    assert record["pretrain_run"].endswith("runs/tiny/synthetic-small/pretrain-self_balancing/seed1")
 
 
 def test_finetune_must_name_a_known_pretraining(tmp_path):

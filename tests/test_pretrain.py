@@ -386,3 +386,30 @@ def test_pretraining_resumes_after_a_kill_to_the_same_weights(small_synthetic, t
     changed = config.model_copy(update={"pretrain": config.pretrain.model_copy(update={"learning_rate": 0.01})})
     with pytest.raises(ConfigError, match="pretrain.learning_rate"):
         pretrain_run(changed, tmp_path / "killed", dataset=small_synthetic, log=lambda line: None, resume=True)
+
+
+def test_transfer_auto_freezes_tables_when_labels_are_scarce_and_records_say_what_ran(small_synthetic, tmp_path):
+    from genctr.experiment import transfer_label
+    from genctr.pretrain.transfer import AUTO_FROZEN_BELOW, resolve_transfer
+
+    assert resolve_transfer("auto", AUTO_FROZEN_BELOW - 1) == "frozen_embedding"
+    assert resolve_transfer("auto", AUTO_FROZEN_BELOW) == "full"
+    assert resolve_transfer("embedding", 10) == "embedding"
+    config = PretrainConfig(data=DATA, pretrain={"epochs": 1, "batch_size": 256, "denoiser": BACKBONE,
+                                                 "heads": {"sampled_above": 100}})
+    folder, net, _ = pretrain_run(config, tmp_path / "pre", dataset=small_synthetic, log=lambda line: None)
+    lines = []
+    fine = RunConfig(data=DATA, model={"name": "dcnv2"}, init_from=str(folder), transfer="auto",
+                     train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False,
+                            "label_fraction": 0.5})  # ~1,000 labelled rows: scarce
+    run, _, _ = train_run(fine, tmp_path / "auto", dataset=small_synthetic, log=lines.append)
+    assert any("transfer: auto -> frozen_embedding" in line for line in lines)
+    assert run.config.transfer == "frozen_embedding" and run.config.model["hidden_units"] == [32]
+    for name, table in run.model.embedding.tables.items():  # kept fixed, the body was trained
+        assert torch.equal(table.weight, net.backbone.embedding.tables[name].weight), name
+    assert load_run(tmp_path / "auto").config.transfer == "frozen_embedding"  # saved resolved
+    assert transfer_label(run.config, "dcnv2") == "frozen_embedding"
+    assert transfer_label(run.config.model_copy(update={"transfer": "full"}), "dcnv2") == "full"
+    assert transfer_label(run.config.model_copy(update={"transfer": "full"}), "dnn") == "embedding"
+    assert transfer_label(run.config.model_copy(update={"transfer": "full", "freeze_embeddings": True}),
+                          "dcnv2") == "full+frozen_embedding"

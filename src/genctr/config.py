@@ -42,9 +42,11 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output_dir: str = "runs"
     init_from: str | None = Field(None, description="a pre-training run folder to fine-tune from")
-    transfer: Literal["full", "embedding"] = Field(
+    transfer: Literal["full", "embedding", "frozen_embedding", "auto"] = Field(
         "full", description="with init_from: full (the whole pre-trained backbone, when the model "
-        "is the pre-training's denoiser backbone or hetegen) or embedding (the field tables only)")
+        "is the pre-training's denoiser backbone or hetegen), embedding (the field tables only), "
+        "frozen_embedding (the field tables, kept fixed) or auto (frozen_embedding below "
+        "AUTO_FROZEN_BELOW labelled train rows, full above; see README)")
     freeze_embeddings: bool = Field(False, description="with init_from: keep the transferred "
                                     "embedding tables fixed")
 

@@ -29,7 +29,7 @@ from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions, 
 from genctr.provenance import git_commit, machine, now_iso
 from genctr.schema import Strict, parse_model, read_yaml
 from genctr.testtime.inference import InferenceOptions
-from genctr.runs import METRICS_FILE
+from genctr.runs import CONFIG_FILE, METRICS_FILE
 from genctr.train import BEST_WEIGHTS, HISTORY, TrainConfig
 
 
@@ -38,7 +38,7 @@ class FinetuneSpec(Strict):
     the same model from scratch)."""
 
     pretrain: list[str]
-    transfer: Literal["full", "embedding"] = "full"
+    transfer: Literal["full", "embedding", "frozen_embedding", "auto"] = "full"
     freeze_embeddings: bool = False
 
 
@@ -61,6 +61,10 @@ class ExperimentConfig(Strict):
         "the seed is the cell's)")
     finetune: dict[str, FinetuneSpec] = Field(
         default_factory=dict, description="model label -> the pre-trainings it is fine-tuned from")
+    pretrain_experiment: str | None = Field(
+        None, description="take (and, where missing, make) the pre-training runs in this other "
+        "experiment's folders under the same output_dir, so that one pre-training serves several "
+        "experiments; its `pretrain` entries must be the same")
 
     @field_validator("models")
     @classmethod
@@ -105,8 +109,13 @@ class ExperimentConfig(Strict):
         return [(t, m, s, p) for t in self.tasks for m in self.models for s in self.seeds
                 for p in (self.finetune[m].pretrain if m in self.finetune else ["none"])]
 
+    @property
+    def pretrain_owner(self) -> str:
+        """The experiment whose folders hold the pre-training runs."""
+        return self.pretrain_experiment or self.name
+
     def pretrain_folder(self, task: str, label: str, seed: int) -> Path:
-        return Path(self.output_dir) / self.name / task / f"pretrain-{label}" / f"seed{seed}"
+        return Path(self.output_dir) / self.pretrain_owner / task / f"pretrain-{label}" / f"seed{seed}"
 
     def run_folder(self, task: str, model: str, seed: int, pretrain: str = "none") -> Path:
         tuned = pretrain != "none"
@@ -114,7 +123,7 @@ class ExperimentConfig(Strict):
 
     def pretrain_config(self, task: str, label: str, seed: int) -> PretrainConfig:
         options = self.pretrain[label] | {"seed": seed}
-        return PretrainConfig(name=f"{self.name}.{task}.pretrain-{label}.seed{seed}",
+        return PretrainConfig(name=f"{self.pretrain_owner}.{task}.pretrain-{label}.seed{seed}",
                               data=self.tasks[task], pretrain=options, output_dir=self.output_dir)
 
     def run_config(self, task: str, model: str, seed: int, pretrain: str = "none") -> RunConfig:
@@ -168,14 +177,24 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
         return {}
     seconds = [r["epoch_seconds"] for r in read_jsonl(Path(config.init_from) / HISTORY)]
     pretrained = yaml.safe_load((Path(config.init_from) / "config.yaml").read_text())["pretrain"]
-    transfer = ("frozen_embedding" if config.freeze_embeddings
-                else "full" if config.transfer == "full" and config.model_name in (
-                    "hetegen", pretrained["denoiser"].get("backbone", "transformer")) else "embedding")
+    transfer = transfer_label(config, pretrained["denoiser"].get("backbone", "transformer"))
     return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
             "pretrain_field_weights": final_field_weights(config.init_from),
             "denoiser": pretrained["denoiser"].get("backbone", "transformer"),
             "objective": pretrained.get("objective", "mfp"), "transfer": transfer,
             "pretrain_epochs": pretrained["epochs"]}
+
+
+def transfer_label(config: RunConfig, denoiser: str) -> str:
+    """What a fine-tuned run really received: full, embedding or frozen_embedding (full
+    transfer only reaches hetegen and the denoiser's own backbone; `+frozen_embedding` when
+    `freeze_embeddings` was set on a full transfer). `config` is the run's effective config,
+    so `auto` is already resolved."""
+    full = config.transfer in ("full", "auto") and config.model_name in ("hetegen", denoiser)
+    if full:
+        return "full+frozen_embedding" if config.freeze_embeddings else "full"
+    frozen = config.freeze_embeddings or config.transfer == "frozen_embedding"
+    return "frozen_embedding" if frozen else "embedding"
 
 
 def record_for(task: str, model: str, seed: int, config: RunConfig, metrics: dict[str, Any],
@@ -307,6 +326,8 @@ def _train_cell(experiment: ExperimentConfig, cell: tuple[str, str, int, str], c
     if finished.returncode != 0:
         raise GenctrError(f"cell {task}/{model}/seed {seed} failed (exit {finished.returncode})")
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    # the run's effective config: pre-trained options filled in, `transfer: auto` resolved
+    config = RunConfig.model_validate(yaml.safe_load((run_dir / CONFIG_FILE).read_text()))
     record = record_for(task, model, seed, config, metrics, experiment.name, run_dir, commit, pretrain)
     record["history"] = [{k: e[k] for k in ("epoch", "train_loss", "valid_auc", "valid_logloss")}
                          for e in read_jsonl(run_dir / HISTORY)]

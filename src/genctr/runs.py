@@ -71,9 +71,14 @@ def effective_config(config: RunConfig, dataset: EncodedDataset,
     """The config the run really uses: a pre-trained `hetegen` model's options filled in, and
     the monitor switched to logloss when valid has too few positives for a stable AUC."""
     if config.init_from:
-        from genctr.pretrain.transfer import pretrained_model_options
+        from genctr.pretrain.transfer import AUTO_FROZEN_BELOW, pretrained_model_options, resolve_transfer
 
-        config = config.model_copy(update={"model": pretrained_model_options(
+        rows = labelled_count(len(dataset.splits["train"]), config.train.label_fraction)
+        transfer = resolve_transfer(config.transfer, rows)
+        if transfer != config.transfer:
+            log(f"transfer: auto -> {transfer} ({rows:,} labelled train rows; frozen_embedding "
+                f"below {AUTO_FROZEN_BELOW:,})")
+        config = config.model_copy(update={"transfer": transfer, "model": pretrained_model_options(
             config.model, config.init_from, config.transfer)})
     positives = int(np.asarray(dataset.splits["valid"].label).sum())
     if positives < MIN_VALID_POSITIVES and config.train.monitor == "auc":
@@ -83,12 +88,16 @@ def effective_config(config: RunConfig, dataset: EncodedDataset,
     return config
 
 
+def labelled_count(rows: int, fraction: float) -> int:
+    return rows if fraction >= 1.0 else max(1, int(round(fraction * rows)))
+
+
 def labelled_rows(train: EncodedSplit, fraction: float, seed: int) -> EncodedSplit:
     """A seeded `fraction` of the train rows, in their original order (the label-scarce
     regime: the sample follows the seed, pre-training may still see every row's fields)."""
     if fraction >= 1.0:
         return train
-    count = max(1, int(round(fraction * len(train))))
+    count = labelled_count(len(train), fraction)
     rows = np.sort(np.random.default_rng([seed, 7177]).choice(len(train), count, replace=False))
     return train.take(rows)
 

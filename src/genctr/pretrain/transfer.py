@@ -17,6 +17,20 @@ from genctr.pretrain.hetegen import HeteGen, HeteGenOptions
 from genctr.nn.embedding import field_infos
 from genctr.pretrain.loop import load_pretrained
 
+# `transfer: auto` freezes the transferred tables below this many labelled train rows and
+# transfers the whole backbone above it: on ml1m-ctr (benchmarks/FINDINGS.md, label-scarce
+# curve) frozen tables won at 8k labelled rows and full transfer at 80k.
+AUTO_FROZEN_BELOW = 30_000
+
+
+def resolve_transfer(transfer: str, labelled_rows: int) -> str:
+    """The transfer mode a run uses: `auto` becomes frozen_embedding when labels are scarce,
+    full otherwise (embedding when the model is not the pre-training's backbone: see
+    transfer_pretrained); the other modes are returned as they are."""
+    if transfer != "auto":
+        return transfer
+    return "frozen_embedding" if labelled_rows < AUTO_FROZEN_BELOW else "full"
+
 
 def pretrained_model_options(model: dict[str, Any], folder: str | Path,
                              transfer: str = "full") -> dict[str, Any]:
@@ -31,7 +45,7 @@ def pretrained_model_options(model: dict[str, Any], folder: str | Path,
             raise ConfigError(f"model hetegen needs a transformer pre-training; {folder} pre-trained "
                               f"a '{denoiser.backbone}' backbone")
         pretrained = HeteGenOptions.from_denoiser(denoiser)
-    elif model["name"] == denoiser.backbone and transfer == "full":
+    elif model["name"] == denoiser.backbone and transfer in ("full", "auto"):
         pretrained = dict(denoiser.backbone_options)
     else:
         return model
@@ -48,7 +62,8 @@ def transfer_pretrained(model: CTRModel, folder: str | Path, encoder: FeatureEnc
 
     Full transfer (into hetegen, or into the denoiser's own backbone): every parameter except
     the pre-training heads and the [MASK] vectors, batch-norm running statistics reset (they
-    were collected on corrupted inputs). Embedding transfer: the field tables only."""
+    were collected on corrupted inputs). Embedding transfer: the field tables only;
+    frozen_embedding also keeps them fixed (as `freeze_embeddings` does with any mode)."""
     _, pretrained_encoder, net = load_pretrained(folder)
     ours = {f.name: f.vocab_size for f in field_infos(encoder)}
     theirs = {f.name: f.vocab_size for f in field_infos(pretrained_encoder)}
@@ -76,7 +91,7 @@ def transfer_pretrained(model: CTRModel, folder: str | Path, encoder: FeatureEnc
             with torch.no_grad():
                 weights.weight.copy_(source)
             moved.append(table)
-    if freeze_embeddings:
+    if freeze_embeddings or transfer == "frozen_embedding":
         for table in model.embedding.tables.values():
             table.weight.requires_grad_(False)
     return moved
