@@ -136,3 +136,42 @@ def test_cross_network_under_bf16_autocast_stays_close_to_fp32():
         fast = cross(x)
     assert fast.dtype == torch.bfloat16  # the whole cross network runs in the autocast dtype
     assert torch.allclose(fast.float(), exact, rtol=0.05, atol=0.02)
+
+
+REPRESENTABLE = sorted(n for n, cls in MODELS.items() if cls.can_represent)
+
+
+def test_every_model_with_a_separable_output_layer_can_be_a_denoiser():
+    assert REPRESENTABLE == ["autoint", "dcnv2", "deepfm", "din", "dnn", "finalmlp", "widedeep"]
+    assert not MODELS["lr"].can_represent and not MODELS["fm"].can_represent
+
+
+@pytest.mark.parametrize("name", REPRESENTABLE)
+def test_represent_then_score_is_the_model_and_a_balanced_pretraining_step_works(name, learnable):
+    from genctr.nn.blocks import fm_interaction
+    from genctr.pretrain.backbone import BackboneNet
+    from genctr.pretrain.balance import BalancerOptions
+    from genctr.pretrain.corruption import CorruptionOptions
+    from genctr.pretrain.heads import HeadOptions
+
+    torch.manual_seed(0)
+    fields = field_infos(learnable.encoder)
+    model = build_model(name, fields, SMALL[name]).eval()
+    batch = batch_of(learnable.splits["test"], slice(0, 64))
+    with torch.no_grad():
+        hidden = model.represent(batch)
+        assert hidden.shape == (64, model.hidden_dim)
+        logits = model.score(hidden)
+        assert torch.equal(model(batch), logits)
+        if name in ("widedeep", "deepfm"):  # the published formulas, term by term
+            embedded = model.embedding(batch)
+            expected = model.mlp(embedded.flatten(1)).squeeze(-1) + model.linear(batch)
+            if name == "deepfm":
+                expected = expected + fm_interaction(embedded)
+            torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    net = BackboneNet(fields, name, SMALL[name], "mfp", HeadOptions(sampled_above=50),
+                      BalancerOptions(name="self_balancing"), CorruptionOptions())
+    loss, _, field_losses = net.losses(batch, net.masks(batch, torch.Generator().manual_seed(1)))
+    loss.backward()
+    assert torch.isfinite(loss) and field_losses.present[:-1].any()
+    assert net.backbone.embedding.tables[fields[0].table].weight.grad is not None

@@ -413,3 +413,31 @@ def test_transfer_auto_freezes_tables_when_labels_are_scarce_and_records_say_wha
     assert transfer_label(run.config.model_copy(update={"transfer": "full"}), "dnn") == "embedding"
     assert transfer_label(run.config.model_copy(update={"transfer": "full", "freeze_embeddings": True}),
                           "dcnv2") == "full+frozen_embedding"
+
+
+def test_input_scaling_shrinks_hard_fields_while_pretraining_only(small_synthetic):
+    options = PretrainOptions.model_validate({"denoiser": {**BACKBONE, "input_scaling": True},
+                                              "heads": {"sampled_above": 100}})
+    net = build_network(field_infos(small_synthetic.encoder), options)
+    with torch.no_grad():
+        net.balancer.log_difficulty[0] = 2.0  # field 0 is hard: its inputs enter at exp(-1)
+    seen = {}
+    original = net.backbone.embedding.forward
+
+    def spy(batch, drop=None):
+        seen["scale"] = net.backbone.embedding.input_scale.clone()
+        seen["out"] = original(batch, drop)
+        return seen["out"]
+
+    net.backbone.embedding.forward = spy
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 64))
+    net.losses(batch, net.masks(batch, torch.Generator().manual_seed(0)))
+    assert seen["scale"][0].item() == pytest.approx(math.exp(-1)) and seen["scale"][1].item() == 1.0
+    assert net.backbone.embedding.input_scale is None  # removed after the step
+    net.backbone.embedding.forward = original
+    assert "input_scale" not in str(list(net.state_dict()))
+    with pytest.raises(ConfigError, match="input_scaling needs a learned difficulty"):
+        build_network(field_infos(small_synthetic.encoder), PretrainOptions.model_validate(
+            {"denoiser": {**BACKBONE, "input_scaling": True}, "balancer": {"name": "uniform"}}))
+    with pytest.raises(ValueError, match="input_scaling applies to a model backbone"):
+        PretrainOptions.model_validate({"denoiser": {"input_scaling": True}})

@@ -1,5 +1,6 @@
 """FinalMLP (Mao et al., 2023): two MLP streams with feature gating, fused bilinearly."""
 
+import torch
 from pydantic import Field
 
 from genctr.models.base import CTRModel, ModelOptions
@@ -40,7 +41,10 @@ class FinalMLP(CTRModel):
             del self.selections
         self.fusion = BilinearFusion(self.stream1.out_dim, self.stream2.out_dim, o.fusion_heads)
 
-    def forward(self, batch, drop=None):
+    can_represent = True
+
+    def represent(self, batch, drop=None):
+        """[stream 1's output, stream 2's output]; the bilinear fusion is the output layer."""
         fields = self.embedding(batch, drop)
         flat = fields.flatten(1)
         x, y = flat, flat
@@ -48,4 +52,12 @@ class FinalMLP(CTRModel):
             contexts = [fields[:, idx].flatten(1) if idx else None for idx in self.context_index]
             x = self.select1(flat, contexts[0])
             y = self.select2(flat, contexts[1])
-        return self.fusion(self.stream1(x), self.stream2(y))
+        return torch.cat([self.stream1(x), self.stream2(y)], dim=1)
+
+    def score(self, hidden):
+        split = self.stream1.out_dim
+        return self.fusion(hidden[:, :split], hidden[:, split:])
+
+    @property
+    def hidden_dim(self) -> int:
+        return self.stream1.out_dim + self.stream2.out_dim

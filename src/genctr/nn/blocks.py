@@ -73,11 +73,16 @@ def to_autocast_dtype(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
-    """Second-order factorization-machine term of [B, F, D] fields -> [B]."""
+def fm_pairwise(fields: torch.Tensor) -> torch.Tensor:
+    """Σ_{i<j} v_i ⊙ v_j of [B, F, D] fields -> [B, D] (the bi-interaction vector)."""
     square_of_sum = fields.sum(dim=1).pow(2)
     sum_of_square = fields.pow(2).sum(dim=1)
-    return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
+    return 0.5 * (square_of_sum - sum_of_square)
+
+
+def fm_interaction(fields: torch.Tensor) -> torch.Tensor:
+    """Second-order factorization-machine term of [B, F, D] fields -> [B]."""
+    return fm_pairwise(fields).sum(dim=1)
 
 
 class CrossNetV2(nn.Module):

@@ -71,6 +71,9 @@ class FieldEmbedding(nn.Module):
         # learned: one trainable vector per field, trained through the Trainer's field_dropout
         self.learned_neutral = nn.Parameter(torch.zeros(len(fields), dim)) if learned_neutral else None
         self.neutral_mode: NeutralMode = "learned" if learned_neutral else "mean"
+        # [F] per-field factors on the output, set only while a backbone pre-trains with
+        # input scaling (genctr.pretrain.backbone); never saved, never transferred
+        self.input_scale: torch.Tensor | None = None
         self.tables = nn.ModuleDict()
         frequencies = {}
         for f in fields:
@@ -145,6 +148,8 @@ class FieldEmbedding(nn.Module):
         out = torch.stack(vectors, dim=1)
         if drop is not None:
             out = torch.where(drop.unsqueeze(-1), self.neutral().unsqueeze(0).to(out.dtype), out)
+        if self.input_scale is not None:
+            out = out * self.input_scale.view(1, -1, 1).to(out.dtype)
         return out
 
 

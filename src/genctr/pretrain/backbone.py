@@ -13,7 +13,9 @@ self_balancing / proportional):
   (a draw from the field's empirical distribution) and one binary head per field says whether
   the value was replaced (cheap for huge vocabularies).
 The label is never an input or a target here, so pre-training can use rows whose labels are held
-back. A body without attention has no place for difficulty-guided attention.
+back. A body without attention has no place for difficulty-guided attention; as an ablation,
+`input_scaling` multiplies each field's input embedding by exp(−s_f/2) while pre-training, so a
+field the balancer finds hard (large s_f) enters the body with a smaller norm.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ class BackboneNet(nn.Module):
 
     def __init__(self, fields: list[FieldInfo], backbone: str, backbone_options: dict,
                  objective: str, heads: HeadOptions, balancer: BalancerOptions,
-                 corruption: CorruptionOptions) -> None:
+                 corruption: CorruptionOptions, input_scaling: bool = False) -> None:
         super().__init__()
         self.fields = fields
         self.objective = objective
@@ -54,6 +56,10 @@ class BackboneNet(nn.Module):
         self.heads = BackboneHeads(fields, self.backbone, heads, objective)
         self.balancer = Balancer(balancer, len(fields) + 1)  # the label slot stays absent
         self.corruption = Corruption(corruption, len(fields), {})
+        self.input_scaling = input_scaling
+        if input_scaling and self.balancer.log_difficulty is None:
+            raise ConfigError("pretrain.denoiser.input_scaling needs a learned difficulty: "
+                              "balancer self_balancing or proportional, not uniform")
 
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields] + ["label"]
@@ -62,6 +68,15 @@ class BackboneNet(nn.Module):
         return self.corruption.sample(len(batch), {}, generator)
 
     def losses(self, batch: Batch, masks: Masks) -> tuple[torch.Tensor, torch.Tensor, FieldLosses]:
+        embedding = self.backbone.embedding
+        if self.input_scaling:  # difficulty guidance without attention: hard fields speak softer
+            embedding.input_scale = torch.exp(-self.balancer.log_difficulty[:-1].detach() / 2)
+        try:
+            return self._losses(batch, masks)
+        finally:
+            embedding.input_scale = None
+
+    def _losses(self, batch: Batch, masks: Masks) -> tuple[torch.Tensor, torch.Tensor, FieldLosses]:
         chosen = masks.fields[:, :-1]
         if self.objective == "mfp":
             hidden = self.backbone.represent(batch, chosen)

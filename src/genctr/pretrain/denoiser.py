@@ -43,12 +43,19 @@ class DenoiserOptions(Strict):
     guidance: Literal["none", "query", "key"] = Field(
         "query", description="scale this side of a field's tokens by exp(-s_f/2)")
     guidance_detach: bool = Field(True, description="no gradient from attention into s")
+    input_scaling: bool = Field(
+        False, description="model backbones: multiply each field's input embedding by "
+        "exp(-s_f/2) (s detached) while pre-training, the difficulty guidance of a body without "
+        "attention (an ablation; needs a learned balancer; fine-tuning sees unscaled inputs)")
 
     @model_validator(mode="after")
     def _keys_of_the_chosen_denoiser(self) -> "DenoiserOptions":
         if self.backbone == "transformer":
             if self.backbone_options:
                 raise ValueError("backbone_options apply to a model backbone, not the transformer")
+            if self.input_scaling:
+                raise ValueError("input_scaling applies to a model backbone; the transformer "
+                                 "has difficulty-guided attention (guidance)")
             return self
         from genctr.models import MODELS, model_options  # the registry, validated by name
 
