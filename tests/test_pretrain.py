@@ -441,3 +441,24 @@ def test_input_scaling_shrinks_hard_fields_while_pretraining_only(small_syntheti
             {"denoiser": {**BACKBONE, "input_scaling": True}, "balancer": {"name": "uniform"}}))
     with pytest.raises(ValueError, match="input_scaling applies to a model backbone"):
         PretrainOptions.model_validate({"denoiser": {"input_scaling": True}})
+
+
+def test_hetegen_dnn_branch_adds_its_logit_and_full_transfer_leaves_it_fresh(pretrained, small_synthetic):
+    from genctr.models import build_model
+    from genctr.pretrain.transfer import pretrained_model_options, transfer_pretrained
+
+    options = pretrained_model_options({"name": "hetegen", "dnn_units": [16]}, pretrained)
+    model = build_model("hetegen", field_infos(small_synthetic.encoder),
+                        {k: v for k, v in options.items() if k != "name"})
+    before = {k: v.clone() for k, v in model.dnn.state_dict().items()}
+    transfer_pretrained(model, pretrained, small_synthetic.encoder)
+    assert all(torch.equal(v, before[k]) for k, v in model.dnn.state_dict().items())  # not pre-trained
+    model.eval()
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 32))
+    with torch.no_grad():
+        with_branch = model(batch)
+        deep = model.dnn(model.embedding(batch).flatten(1)).squeeze(-1)
+        model.dnn = None
+        without = model(batch)
+    torch.testing.assert_close(with_branch, without + deep)
+    assert deep.abs().max() > 0

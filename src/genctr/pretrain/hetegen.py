@@ -2,7 +2,8 @@
 
 Every field is visible and only the label is masked, the state pre-training practised; the
 CTR logit is logit(click) − logit(no click) of the label head, or (`scorer: mlp`) an MLP over
-all contextual token vectors. A dropped field gets its neutral embedding like in any backbone,
+all contextual token vectors; `dnn_units` adds an AutoInt+-style DNN branch over the flattened
+field embeddings (its logit added; trained in fine-tuning only). A dropped field gets its neutral embedding like in any backbone,
 so MATT and UTTSI apply unchanged; with the inference option `neutral: mask` it is masked
 instead, the unknown-field state pre-training trained. `embedding_dim` is the denoiser's token
 width. Trained from scratch unless `genctr train --init-from PRETRAIN_RUN` loads a pre-training
@@ -36,6 +37,11 @@ class HeteGenOptions(ModelOptions):
     guidance_detach: bool = True
     scorer: Literal["label", "mlp"] = Field("label", description="label head, or an MLP over all tokens")
     scorer_units: list[int] = Field(default_factory=lambda: [200, 200])
+    dnn_units: list[int] = Field(default_factory=list, description="AutoInt+-style DNN branch: "
+                                 "an MLP over the flattened field embeddings whose logit is added "
+                                 "(empty: none; never pre-trained)")
+    dnn_dropout: float = Field(0.2, ge=0, lt=1)
+    dnn_batch_norm: bool = True
 
     @model_validator(mode="after")
     def _bin_tokens_only(self) -> "HeteGenOptions":
@@ -73,6 +79,9 @@ class HeteGen(CTRModel):
         self.scorer = (MLP(self.denoiser.num_tokens * options.embedding_dim, options.scorer_units,
                            out_dim=1, dropout=options.dropout)
                        if options.scorer == "mlp" else None)
+        self.dnn = (MLP(len(fields) * options.embedding_dim, options.dnn_units, out_dim=1,
+                        dropout=options.dnn_dropout, batch_norm=options.dnn_batch_norm)
+                    if options.dnn_units else None)
 
     has_mask_state = True  # a dropped field can take the denoiser's [MASK] vector (neutral: mask)
 
@@ -94,11 +103,12 @@ class HeteGen(CTRModel):
         return Masks(fields, positions), None
 
     def forward(self, batch, drop=None):
+        deep = 0.0 if self.dnn is None else self.dnn(self.embedding(batch, drop).flatten(1)).squeeze(-1)
         masks, drop = self.masks(batch, drop)
         if self.scorer is not None:
             hidden = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty)
-            return self.scorer(hidden.flatten(1)).squeeze(-1)
+            return self.scorer(hidden.flatten(1)).squeeze(-1) + deep
         label = self.denoiser(batch, masks, drop, log_difficulty=self.log_difficulty,
                               query_token=self.denoiser.label_token)
         logits = self.label_head(label[:, 0]).float()
-        return logits[:, 1] - logits[:, 0]
+        return logits[:, 1] - logits[:, 0] + deep
