@@ -209,3 +209,27 @@ def test_pretrain_segment_cell_gives_the_paired_difference_to_scratch():
     assert _segment_cell([run(1, 0.71), run(2, 0.75)], scratch, "cold") == "0.7300 (+0.0200)"
     assert _segment_cell([run(1, 0.71)], {}, "cold") == "0.7100"
     assert _segment_cell([run(1, 0.71)], scratch, "tail") == ""
+
+
+def test_label_scarce_section_picks_the_tuned_scratch_by_valid_auc_and_pairs_by_seed():
+    from genctr.report import label_scarce_section
+
+    def record(model, seed, valid, test, pretrain="none", transfer=None, fraction=0.01):
+        r = {"task": "t", "model": model, "seed": seed, "pretrain": pretrain, "valid_auc": valid,
+             "test_auc": test, "test_logloss": 0.6, "config": {"train": {"label_fraction": fraction}},
+             "segments": {"cold": {"auc": test - 0.01}}}
+        return r | ({"transfer": transfer} if transfer else {})
+
+    records = []
+    for seed, noise in zip((1, 2, 3), (0.001, -0.002, 0.0005)):
+        records += [record("base", seed, 0.650, 0.651 + noise),
+                    record("tuned", seed, 0.660, 0.662 + noise),  # best valid: the baseline
+                    record("frozen", seed, 0.0, 0.682 + noise + seed * 1e-4, "uniform", "frozen_embedding"),
+                    record("base", seed, 0.7, 0.7 + noise, fraction=0.1)]
+    text = label_scarce_section("t", records)
+    assert "Label fraction 0.01:" in text and "Label fraction 0.1:" in text
+    assert "| tuned ✓ | none | 1,2,3 |" in text and "| base | none |" in text
+    frozen = next(line for line in text.splitlines() if line.startswith("| frozen + uniform"))
+    assert "frozen_embedding" in frozen and "+0.0202 (p=" in frozen and "0.6720 (+0.0202)" in frozen
+    base = next(line for line in text.splitlines() if line.startswith("| base |"))
+    assert "-0.0110 (p=0)" in base  # the same difference on every seed

@@ -310,6 +310,50 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
     return "\n".join(lines) + "\n"
 
 
+def label_fraction(record: dict) -> float:
+    return ((record.get("config") or {}).get("train") or {}).get("label_fraction", 1.0)
+
+
+def label_scarce_section(task: str, records: list[dict], segment: str = "cold") -> str:
+    """Per label fraction: every scratch variant (the small-data tuning grid) with its mean
+    valid AUC, the one with the best mean valid AUC marked as the tuned scratch baseline, and
+    every pre-trained variant against it, paired by seed (t-test p), with the `segment` AUC
+    difference and the transfer that ran."""
+    fractions = sorted({label_fraction(r) for r in records})
+    lines = [f"### {task}: label-scarce fine-tuning", "",
+             "Scratch rows are the small-data tuning grid on the same labelled rows; ✓ marks the "
+             "one with the best mean valid AUC, the tuned scratch baseline every Δ is taken "
+             f"against (test AUC, paired by seed, t-test p); {segment}: the mean paired Δ of "
+             f"the {segment} segment's AUC.", ""]
+    for fraction in fractions:
+        here = [r for r in records if label_fraction(r) == fraction]
+        groups: dict[str, list[dict]] = {}
+        for r in here:
+            groups.setdefault(model_label(r), []).append(r)
+        scratch = {k: v for k, v in groups.items() if v[0].get("pretrain", "none") == "none"}
+        if not scratch:
+            continue
+        tuned = max(scratch, key=lambda k: np.mean([r["valid_auc"] for r in scratch[k]]))
+        base = {r["seed"]: r for r in scratch[tuned]}
+        lines += [f"Label fraction {fraction:g}:", "",
+                  "| method | transfer | seeds | valid AUC | test AUC | logloss | Δ vs tuned scratch | "
+                  f"{segment} Δ |", "|---|---|---|---|---|---|---|---|"]
+        for label, rs in groups.items():
+            pairs = [(r["test_auc"], base[r["seed"]]["test_auc"]) for r in rs if r["seed"] in base]
+            delta = ""
+            if label != tuned and pairs:
+                test = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
+                delta = f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
+            cell = _segment_cell(rs, base, segment) if label != tuned else ""
+            mark = " ✓" if label == tuned else ""
+            lines.append(f"| {label}{mark} | {rs[0].get('transfer', 'none')} | "
+                         f"{','.join(str(r['seed']) for r in rs)} | "
+                         f"{_mean_std([r['valid_auc'] for r in rs])} | {_mean_std([r['test_auc'] for r in rs])} | "
+                         f"{_mean_std([r['test_logloss'] for r in rs])} | {delta} | {cell} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per method, the per-epoch history its lowest-seed record carries (records alone: the
     report must render the same in a fresh clone, where no run folder exists)."""
@@ -338,7 +382,9 @@ def write_results_markdown(benchmarks_dir: str | Path) -> Path:
             if trained:
                 sections.append(training_section(task, trained, folder / "plots", stem,
                                                  source=path.name))
-                sections.append(pretrain_section(task, trained))
+                scarce = any(label_fraction(r) < 1 for r in trained)
+                sections.append(label_scarce_section(task, trained) if scarce
+                                else pretrain_section(task, trained))
                 sections.append(peer_section(task, trained))
             if evaluated:
                 sections.append(testtime_section(task, evaluated, folder / "plots", stem))
