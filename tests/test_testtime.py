@@ -15,7 +15,7 @@ from genctr.models import build_model
 from genctr.nn.embedding import field_infos, set_neutral_mode
 from genctr.runs import evaluate_run_inference, load_run, train_run
 from genctr.testtime.confidence import Confidence
-from genctr.testtime.evaluate import frequency_index, make_inference, predict_with
+from genctr.testtime.evaluate import evaluate_inference, frequency_index, make_inference, predict_with
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.inference import InferenceOptions
 from genctr.testtime.paths import sample_confidence_paths
@@ -284,3 +284,49 @@ def test_run_index_rebuilds_a_file_of_another_format_or_options(small_synthetic,
     rebuilt = frequency_index(small_synthetic, IndexOptions(), trained.folder)
     assert FrequencyIndex.saved_with(path, IndexOptions())
     np.testing.assert_array_equal(rebuilt.reference_quantiles[1], index.reference_quantiles[1])
+
+
+# every strategy on every backbone (LR included: its per-value weights stand in for an embedding)
+SMALL_MODELS = {"lr": {}, "fm": {}, "dnn": {"hidden_units": [16], "dropout": 0.1},
+                "widedeep": {"hidden_units": [16], "dropout": 0.1},
+                "deepfm": {"hidden_units": [16], "dropout": 0.1},
+                "dcnv2": {"hidden_units": [16], "cross_layers": 1, "dropout": 0.1},
+                "autoint": {"attention_layers": 1, "attention_dim": 8, "hidden_units": [16], "dropout": 0.1},
+                "finalmlp": {"stream1_units": [16], "stream2_units": [16], "selection_units": 8,
+                             "fusion_heads": 2},
+                "din": {"hidden_units": [16], "attention_units": [8], "dropout": 0.1},
+                "hetegen": {"embedding_dim": 8, "layers": 1, "heads": 2, "dropout": 0.1}}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+def test_every_strategy_runs_on_every_backbone(name, small_synthetic):
+    import dataclasses
+    from typing import get_args
+
+    from genctr.models import MODELS
+    from genctr.testtime.inference import Strategy
+
+    assert set(SMALL_MODELS) == set(MODELS)
+    torch.manual_seed(0)
+    model = build_model(name, field_infos(small_synthetic.encoder), SMALL_MODELS[name])
+    for p in model.parameters():  # off the tiny initialisation, so that predictions differ
+        torch.nn.init.normal_(p, std=0.1)
+    small = small_synthetic.splits["test"].take(np.arange(300))
+    dataset = dataclasses.replace(small_synthetic, splits={**small_synthetic.splits, "valid": small,
+                                                           "test": small})
+    for strategy in get_args(Strategy):
+        options = InferenceOptions(strategy=strategy, **({"paths": 3} if strategy in ("matt", "random", "mcdropout") else {}))
+        if strategy == "mcdropout" and name in ("lr", "fm"):  # nothing to sample: one clear line
+            with pytest.raises(ConfigError, match="has no dropout layer"):
+                evaluate_inference(model, dataset, options, measure_latency=False)
+            continue
+        result = evaluate_inference(model, dataset, options, measure_latency=False)
+        assert 0 <= result["test"]["auc"] <= 1 and result["test"]["avg_cost"] >= 1, (name, strategy)
+
+
+def test_field_dropout_trains_lr(small_synthetic, tmp_path):
+    config = RunConfig(data=DataConfig(source="synthetic", cache_dir=None), model={"name": "lr"},
+                       train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False,
+                              "field_dropout": 0.2}, output_dir=str(tmp_path))
+    _, _, metrics = train_run(config, dataset=small_synthetic, log=lambda line: None)
+    assert metrics["test"]["auc"] > 0.55
