@@ -228,6 +228,29 @@ def predict(run_dir: Path, input_file: Path, output_file: Path,
 
 
 @app.command()
+def serve(run_dir: Path,
+          host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+          port: int = typer.Option(8000, "--port", min=0, max=65535),
+          max_rows: int = typer.Option(4096, "--max-rows", min=1, help="rows in one request"),
+          max_batch_rows: int = typer.Option(4096, "--max-batch-rows", min=1,
+                                             help="rows in one forward pass (micro-batch)"),
+          max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="how long the "
+                                            "first request of a micro-batch waits for others"),
+          max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.001,
+                                            help="largest request body")) -> None:
+    """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
+    from genctr.runs import load_run
+    from genctr.serve.app import ServeOptions, create_app, run_server
+
+    options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
+                           max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024))
+    api = create_app(load_run(run_dir), options)
+    console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
+    run_server(api, host, port)
+    console.print("stopped (requests in flight were answered)")
+
+
+@app.command()
 def pretrain(config_file: Path, output: Optional[Path] = typer.Option(
         None, "--output", help="run folder (default: OUTPUT_DIR/NAME from the config)"),
         resume: bool = typer.Option(False, "--resume", metavar="",

@@ -1,0 +1,166 @@
+"""The HTTP scoring service (`genctr serve RUN`): FastAPI over a saved run.
+
+POST /predict {"rows": [{column: raw value, ...}, ...], "inference": {"strategy": "plain"}}
+  -> {"probabilities": [...], "cost": mean forward passes per row, "inference": "plain"}
+GET /health -> the run, its model and the columns a row must carry
+GET /metrics -> Prometheus text (requests, errors, latency, batch sizes, unseen values per field)
+
+The run (model, encoder) loads once at start. Every bad request is answered 4xx with a JSON
+body naming the row and field (`RequestError`), never 500: the body is read with a size limit
+and parsed here, not by the framework. Concurrent requests are scored together
+(`MicroBatcher`); on shutdown, requests already accepted are finished first.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import Any, Hashable
+
+import numpy as np
+import polars as pl
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from genctr.errors import GenctrError
+from genctr.runs import Run
+from genctr.schema import OOV, PAD, FieldKind
+from genctr.serve.batcher import MicroBatcher
+from genctr.serve.metrics import ServeMetrics
+from genctr.serve.rows import RequestError, RowReader
+from genctr.train import predict_split
+
+SERVED_STRATEGIES = ("plain",)
+
+
+@dataclass
+class ServeOptions:
+    max_rows: int = 4096  # rows in one request
+    max_batch_rows: int = 4096  # rows in one forward pass
+    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+def create_app(run: Run, options: ServeOptions | None = None) -> FastAPI:
+    options = options or ServeOptions()
+    reader = RowReader(run.encoder, options.max_rows)
+    metrics = ServeMetrics()
+    categorical = [s.name for s in run.encoder.schema.fields if s.kind is not FieldKind.numeric]
+
+    def score(key: Hashable, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        split = run.encoder.encode_frame(frame, with_label=False)
+        for name in categorical:
+            tokens = np.asarray(split.tokens[name])
+            unseen = int(((tokens == OOV) & (tokens != PAD)).sum())
+            if unseen:
+                metrics.unseen.labels(name).inc(unseen)
+        probability = predict_split(run.model, split, options.max_batch_rows)
+        metrics.rows.inc(len(probability))
+        return probability, np.ones(len(probability))
+
+    batcher = MicroBatcher(score, options.max_batch_rows, options.max_wait_ms / 1000,
+                           on_batch=metrics.batch_rows.observe)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        yield
+        await batcher.close()  # graceful: every accepted request is answered
+
+    app = FastAPI(title="genctr", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        metrics.answered("/health", 200)
+        return {"status": "ok", "run": str(run.folder), "model": run.config.model_name,
+                "columns": reader.columns, "strategies": list(SERVED_STRATEGIES)}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.answered("/metrics", 200)
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        start = time.perf_counter()
+        try:
+            payload = await _read_json(request, options.max_body_bytes)
+            strategy = _strategy(payload)
+            frame = reader.frame(payload.get("rows"))
+            probability, cost = await batcher.submit(strategy, frame)
+            response = JSONResponse({"probabilities": probability.tolist(),
+                                     "cost": float(np.mean(cost)), "inference": strategy})
+        except RequestError as err:
+            response = JSONResponse(err.body(), err.status)
+        except GenctrError as err:  # the encoder refused a value the row check let through
+            response = JSONResponse({"error": str(err), "row": None, "field": None}, 422)
+        except Exception as err:  # a bug of ours: logged, answered without a traceback
+            print(f"genctr serve: internal error {type(err).__name__}: {err}", file=sys.stderr)
+            response = JSONResponse({"error": "internal error", "row": None, "field": None}, 500)
+        metrics.answered("/predict", response.status_code)
+        metrics.latency.observe(time.perf_counter() - start)
+        return response
+
+    app.state.metrics = metrics
+    return app
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The body as a JSON object, read no further than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {int(declared):,} bytes; at most {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body over {limit:,} bytes")
+        chunks.append(chunk)
+    try:
+        payload = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"the body is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, "the body must be a JSON object with 'rows'")
+    unknown = sorted(set(payload) - {"rows", "inference"})
+    if unknown:
+        raise RequestError(422, f"unknown key(s) {unknown}; a request has 'rows' and "
+                           "optionally 'inference'", field=unknown[0])
+    return payload
+
+
+def _strategy(payload: dict[str, Any]) -> str:
+    inference = payload.get("inference", {"strategy": "plain"})
+    if not isinstance(inference, dict) or set(inference) - {"strategy"}:
+        raise RequestError(422, "'inference' must be an object like {\"strategy\": \"plain\"}",
+                           field="inference")
+    strategy = inference.get("strategy", "plain")
+    if strategy not in SERVED_STRATEGIES:
+        raise RequestError(422, f"inference strategy {strategy!r} is not served; this server "
+                           f"serves {list(SERVED_STRATEGIES)}", field="inference.strategy")
+    return strategy
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT ends it with status 0 once it has shut down
+    gracefully (uvicorn re-raises the signal, so the process would die of it)."""
+
+    @contextmanager
+    def capture_signals(self):
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+def run_server(app: FastAPI, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT; requests in flight are finished (up to 30 s)."""
+    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                           timeout_graceful_shutdown=30)).run()

@@ -1,0 +1,103 @@
+"""Dynamic micro-batching: concurrent requests share one forward pass.
+
+The first waiting request opens a batch; requests that arrive within `max_wait` seconds join it
+until it holds `max_rows` rows. Requests with different scoring keys (inference strategies) are
+never mixed. The forward pass runs in one worker thread, so the event loop keeps accepting
+requests while the model computes, and the model never runs twice at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+import numpy as np
+import polars as pl
+
+# scores one frame of rows for one key: probabilities [N] and per-row cost [N]
+ScoreFn = Callable[[Hashable, pl.DataFrame], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class _Pending:
+    key: Hashable
+    frame: pl.DataFrame
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class MicroBatcher:
+    def __init__(self, score: ScoreFn, max_rows: int = 4096, max_wait: float = 0.002,
+                 on_batch: Callable[[int], None] | None = None) -> None:
+        self.score = score
+        self.max_rows = max_rows
+        self.max_wait = max_wait
+        self.on_batch = on_batch or (lambda rows: None)
+        self.queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genctr-score")
+        self.worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Finish every request already submitted, then stop (graceful shutdown)."""
+        if self.worker is not None:
+            await self.queue.put(None)
+            await self.worker
+        self.executor.shutdown(wait=True)
+
+    async def submit(self, key: Hashable, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        pending = _Pending(key, frame)
+        await self.queue.put(pending)
+        return await pending.done
+
+    async def _run(self) -> None:
+        held: _Pending | None = None  # a request of another key, first in the next batch
+        stopping = False
+        while not (stopping and held is None):
+            first = held if held is not None else await self.queue.get()
+            held = None
+            if first is None:
+                stopping = True
+                continue
+            batch, rows = [first], first.frame.height
+            deadline = time.perf_counter() + self.max_wait
+            while rows < self.max_rows and not stopping:
+                timeout = deadline - time.perf_counter()
+                try:
+                    item = self.queue.get_nowait() if timeout <= 0 else \
+                        await asyncio.wait_for(self.queue.get(), timeout)
+                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    break
+                if item is None:
+                    stopping = True
+                elif item.key != first.key or rows + item.frame.height > self.max_rows:
+                    held = item
+                    break
+                else:
+                    batch.append(item)
+                    rows += item.frame.height
+            await self._score(batch, rows)
+
+    async def _score(self, batch: list[_Pending], rows: int) -> None:
+        frame = batch[0].frame if len(batch) == 1 else pl.concat([p.frame for p in batch])
+        loop = asyncio.get_running_loop()
+        try:
+            prob, cost = await loop.run_in_executor(self.executor, self.score, batch[0].key, frame)
+        except Exception as err:
+            if len(batch) > 1:  # score each request alone: only the one at fault fails
+                for pending in batch:
+                    await self._score([pending], pending.frame.height)
+            elif not batch[0].done.done():
+                batch[0].done.set_exception(err)
+            return
+        self.on_batch(rows)
+        start = 0
+        for pending in batch:
+            stop = start + pending.frame.height
+            if not pending.done.done():
+                pending.done.set_result((prob[start:stop], cost[start:stop]))
+            start = stop

@@ -1,0 +1,32 @@
+"""The service's Prometheus metrics, in a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = tuple(2.0 ** k for k in range(13))  # 1 .. 4096 rows
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("genctr_requests", "Requests answered, by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.errors = Counter("genctr_request_errors", "Requests answered with a 4xx or 5xx",
+                              ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("genctr_request_latency_seconds", "POST /predict wall time",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("genctr_batch_rows", "Rows per forward pass (micro-batch)",
+                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.rows = Counter("genctr_rows_scored", "Rows scored", registry=self.registry)
+        self.unseen = Counter("genctr_unseen_values", "Values never seen in training (scored as "
+                              "out-of-vocabulary), by field", ["field"], registry=self.registry)
+
+    def answered(self, endpoint: str, status: int) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            self.errors.labels(endpoint, str(status)).inc()
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,188 @@
+"""The HTTP scoring service: good requests match `genctr predict`, every bad request class is a
+4xx naming the row and field, micro-batching, metrics, and the real server process."""
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+import polars as pl
+import pytest
+from fastapi.testclient import TestClient
+
+from genctr.config import load_run_config
+from genctr.data.example import write_example
+from genctr.runs import load_run, predict_file, train_run
+from genctr.serve.app import ServeOptions, create_app
+from genctr.serve.batcher import MicroBatcher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A DNN trained one epoch on the example click log, and 64 raw rows of that log."""
+    folder = tmp_path_factory.mktemp("serve")
+    write_example(folder / "data", rows=3000, seed=1)
+    config = load_run_config(ROOT / "configs" / "example-tabular.yaml")
+    data = config.data.model_copy(update={"data_dir": str(folder / "data"), "cache_dir": None})
+    config = config.model_copy(update={"data": data, "train": config.train.model_copy(
+        update={"epochs": 1, "progress": False})})
+    train_run(config, folder / "run", log=lambda line: None)
+    raw = pl.read_csv(folder / "data" / "clicks.csv", infer_schema=False).head(64)
+    raw.write_csv(folder / "rows.csv")
+    predict_file(load_run(folder / "run"), folder / "rows.csv", folder / "scored.csv", log=lambda line: None)
+    return folder, raw, pl.read_csv(folder / "scored.csv")["probability"].to_numpy()
+
+
+def request_rows(raw: pl.DataFrame, run_columns: list[str], count: int) -> list[dict]:
+    """Rows as a client sends them: numbers as numbers, lists as lists, text as text."""
+    rows = []
+    for row in raw.select(run_columns).head(count).iter_rows(named=True):
+        row["price"] = float(row["price"]) if row["price"] not in (None, "") else None
+        row["tags"] = row["tags"].split("|") if row["tags"] else []
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    folder, _, _ = served
+    app = create_app(load_run(folder / "run"), ServeOptions(max_rows=100, max_body_bytes=200_000))
+    with TestClient(app) as client:  # runs the lifespan: the micro-batcher starts and stops
+        yield client
+
+
+def test_predict_matches_genctr_predict_and_health_names_the_columns(served, client):
+    _, raw, expected = served
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == "dnn" and "tags" in health["columns"]
+    rows = request_rows(raw, health["columns"], 64)
+    answer = client.post("/predict", json={"rows": rows})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    np.testing.assert_allclose(body["probabilities"], expected, atol=1e-6)
+    assert body["inference"] == "plain" and body["cost"] == 1.0
+    text = json.dumps(rows[0] | {"tags": "|".join(rows[0]["tags"]), "price": str(rows[0]["price"])})
+    as_text = client.post("/predict", content='{"rows": [' + text + "]}")  # lists as one string
+    assert as_text.json()["probabilities"][0] == pytest.approx(expected[0], abs=1e-6)
+
+
+def test_unseen_values_are_scored_and_counted_in_metrics(served, client):
+    _, raw, _ = served
+    columns = client.get("/health").json()["columns"]
+    row = request_rows(raw, columns, 1)[0] | {"user_id": "never-seen-user", "price": None}
+    answer = client.post("/predict", json={"rows": [row], "inference": {"strategy": "plain"}})
+    assert answer.status_code == 200 and 0 < answer.json()["probabilities"][0] < 1
+    metrics = client.get("/metrics").text
+    assert 'genctr_unseen_values_total{field="user_id"}' in metrics
+    assert "genctr_request_latency_seconds_bucket" in metrics and "genctr_batch_rows_count" in metrics
+    assert 'genctr_requests_total{endpoint="/predict",status="200"}' in metrics
+
+
+def _bad_requests(good: dict) -> list[tuple[str, object, int, str]]:
+    """(name, body, status, words the error must contain)."""
+    return [
+        ("invalid JSON", b'{"rows": [', 400, "not valid JSON"),
+        ("not an object", [good], 422, "JSON object"),
+        ("unknown top-level key", {"rows": [good], "model": "x"}, 422, "unknown key"),
+        ("rows not a list", {"rows": good}, 422, "'rows' must be"),
+        ("no rows", {"rows": []}, 422, "'rows' must be"),
+        ("row not an object", {"rows": [good, 3]}, 422, "row 1 is a int"),
+        ("unknown field", {"rows": [good | {"colour": "red"}]}, 422, "unknown field(s) ['colour']"),
+        ("missing field", {"rows": [{k: v for k, v in good.items() if k != "device"}]}, 422,
+         "missing field(s) ['device']"),
+        ("text for a number", {"rows": [good | {"price": "cheap"}]}, 422, "field 'price'"),
+        ("infinite number", {"rows": [good | {"price": "inf"}]}, 422, "field 'price'"),
+        ("boolean", {"rows": [good | {"gender": True}]}, 422, "field 'gender'"),
+        ("float for a category", {"rows": [good | {"age": 3.5}]}, 422, "field 'age'"),
+        ("object for a category", {"rows": [good | {"region": {"a": 1}}]}, 422, "field 'region'"),
+        ("list for a scalar", {"rows": [good | {"device": ["a"]}]}, 422, "field 'device'"),
+        ("mixed list", {"rows": [good | {"tags": ["a", 1.5]}]}, 422, "field 'tags'"),
+        ("too many rows", {"rows": [good] * 101}, 413, "at most 100"),
+        ("body too large", {"rows": [good | {"user_id": "x" * 250_000}]}, 413, "bytes"),
+        ("unknown strategy", {"rows": [good], "inference": {"strategy": "magic"}}, 422, "'magic'"),
+        ("bad inference", {"rows": [good], "inference": "uttsi"}, 422, "'inference' must be"),
+    ]
+
+
+def test_every_bad_request_is_a_4xx_naming_row_and_field(served, client):
+    _, raw, _ = served
+    good = request_rows(raw, client.get("/health").json()["columns"], 1)[0]
+    for name, body, status, words in _bad_requests(good):
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        answer = client.post("/predict", content=content, headers={"content-type": "application/json"})
+        assert answer.status_code == status, (name, answer.text)
+        assert words in answer.json()["error"], (name, answer.json())
+    nan = client.post("/predict", content=json.dumps({"rows": [good | {"price": float("nan")}]}))
+    assert nan.status_code == 422 and nan.json()["row"] == 0 and nan.json()["field"] == "price"
+    assert client.post("/predict", json={"rows": [good]}).status_code == 200  # still serving
+    assert 'status="500"' not in client.get("/metrics").text
+
+
+def test_micro_batcher_groups_concurrent_requests_by_key_and_finishes_on_close():
+    calls = []
+
+    def score(key, frame):
+        calls.append((key, frame.height))
+        return np.arange(frame.height, dtype=np.float64), np.ones(frame.height)
+
+    async def scenario():
+        batcher = MicroBatcher(score, max_rows=100, max_wait=0.2)
+        batcher.start()
+        frames = [pl.DataFrame({"x": [str(i)] * (i + 1)}) for i in range(6)]
+        keys = ["plain"] * 5 + ["other"]
+        results = await asyncio.gather(*(batcher.submit(k, f) for k, f in zip(keys, frames)))
+        late = asyncio.ensure_future(batcher.submit("plain", frames[0]))
+        await asyncio.sleep(0)
+        await batcher.close()  # graceful: the late request is answered, not dropped
+        return results, late.result()
+
+    results, late = asyncio.run(scenario())
+    assert calls[0] == ("plain", 15) and calls[1] == ("other", 6)  # 1+2+3+4+5 rows in one pass
+    assert [len(p) for p, _ in results] == [1, 2, 3, 4, 5, 6]
+    assert results[1][0].tolist() == [1.0, 2.0] and results[5][0].tolist() == list(range(6))
+    assert len(late[0]) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_real_server_scores_rows_and_shuts_down_gracefully(served):
+    folder, raw, expected = served
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "genctr", "serve", str(folder / "run"),
+                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                columns = httpx.get(f"{base}/health", timeout=1).json()["columns"]
+                break
+            except httpx.HTTPError:
+                if server.poll() is not None or time.time() > deadline:
+                    raise AssertionError(f"the server did not start: {server.communicate()}")
+                time.sleep(0.2)
+        rows = request_rows(raw, columns, 64)
+        with httpx.Client(base_url=base, timeout=10) as http:
+            answers = [http.post("/predict", json={"rows": rows[i:i + 8]}) for i in range(0, 64, 8)]
+            bad = http.post("/predict", content=b"{")
+        assert all(a.status_code == 200 for a in answers) and bad.status_code == 400
+        scored = np.concatenate([a.json()["probabilities"] for a in answers])
+        np.testing.assert_allclose(scored, expected, atol=1e-6)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    assert code == 0, server.stderr.read()
