@@ -108,7 +108,12 @@ def _bad_requests(good: dict) -> list[tuple[str, object, int, str]]:
         ("mixed list", {"rows": [good | {"tags": ["a", 1.5]}]}, 422, "field 'tags'"),
         ("too many rows", {"rows": [good] * 101}, 413, "at most 100"),
         ("body too large", {"rows": [good | {"user_id": "x" * 250_000}]}, 413, "bytes"),
-        ("unknown strategy", {"rows": [good], "inference": {"strategy": "magic"}}, 422, "'magic'"),
+        ("unknown strategy", {"rows": [good], "inference": {"strategy": "magic"}}, 422,
+         "inference.strategy: Input should be 'plain'"),
+        ("strategy not offered", {"rows": [good], "inference": {"strategy": "uttsi", "budget": 2}}, 422,
+         "'uttsi@2.0' is not served; this server serves ['plain']"),
+        ("budget out of range", {"rows": [good], "inference": {"strategy": "uttsi", "budget": 0.5}}, 422,
+         "inference.budget"),
         ("bad inference", {"rows": [good], "inference": "uttsi"}, 422, "'inference' must be"),
     ]
 
@@ -186,3 +191,28 @@ def test_the_real_server_scores_rows_and_shuts_down_gracefully(served):
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     assert code == 0, server.stderr.read()
+
+
+def test_strategies_fitted_at_start_are_served_per_request(served):
+    from genctr.errors import ConfigError
+    from genctr.serve.strategies import fit_strategies, parse_spec
+
+    folder, raw, expected = served
+    run = load_run(folder / "run")
+    lines = []
+    strategies = fit_strategies(run, ["temperature", "uttsi@2.0", "matt@4"], log=lines.append)
+    assert sorted(strategies) == ["matt@4", "plain", "temperature", "uttsi@2.0"] and len(lines) == 3
+    with TestClient(create_app(run, strategies=strategies)) as client:
+        rows = request_rows(raw, client.get("/health").json()["columns"], 64)
+        answers = {name: client.post("/predict", json={"rows": rows, "inference": inference}).json()
+                   for name, inference in [("plain", None), ("temperature", {"strategy": "temperature"}),
+                                           ("uttsi", {"strategy": "uttsi", "budget": 2.0}),
+                                           ("matt", {"strategy": "matt", "paths": 4})]}
+    np.testing.assert_allclose(answers["plain"]["probabilities"], expected, atol=1e-6)
+    order = np.argsort(expected)  # a temperature keeps the ranking
+    assert np.all(np.diff(np.asarray(answers["temperature"]["probabilities"])[order]) >= -1e-9)
+    assert answers["uttsi"]["inference"] == "uttsi@2.0" and 1 <= answers["uttsi"]["cost"] <= 8
+    assert answers["matt"]["cost"] == 4.0 and len(answers["matt"]["probabilities"]) == 64
+    for bad in ("plain@2", "uttsi@x", "magic"):
+        with pytest.raises(ConfigError, match="--inference"):
+            parse_spec(bad)

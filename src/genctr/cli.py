@@ -237,14 +237,21 @@ def serve(run_dir: Path,
           max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0.0, help="how long the "
                                             "first request of a micro-batch waits for others"),
           max_body_mb: float = typer.Option(8.0, "--max-body-mb", min=0.001,
-                                            help="largest request body")) -> None:
+                                            help="largest request body"),
+          inference: list[str] = typer.Option([], "--inference", help="a strategy to offer besides "
+                                              "plain (repeatable): temperature, uttsi@BUDGET, matt@PATHS, "
+                                              "random@PATHS, mcdropout@PATHS; fitted on the valid split at start"),
+          data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder, "
+                                                  "if it moved since training (with --inference)")) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
     from genctr.serve.app import ServeOptions, create_app, run_server
+    from genctr.serve.strategies import fit_strategies
 
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
                            max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024))
-    api = create_app(load_run(run_dir), options)
+    run = load_run(run_dir)
+    api = create_app(run, options, fit_strategies(run, inference, data_dir, log=console.print))
     console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
     run_server(api, host, port)
     console.print("stopped (requests in flight were answered)")

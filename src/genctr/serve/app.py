@@ -1,7 +1,8 @@
 """The HTTP scoring service (`genctr serve RUN`): FastAPI over a saved run.
 
-POST /predict {"rows": [{column: raw value, ...}, ...], "inference": {"strategy": "plain"}}
-  -> {"probabilities": [...], "cost": mean forward passes per row, "inference": "plain"}
+POST /predict {"rows": [{column: raw value, ...}, ...], "inference": {"strategy": "uttsi", "budget": 2}}
+  -> {"probabilities": [...], "cost": mean forward passes per row, "inference": "uttsi@2.0"}
+  (the strategies a server offers are fitted once at start: serve/strategies.py)
 GET /health -> the run, its model and the columns a row must carry
 GET /metrics -> Prometheus text (requests, errors, latency, batch sizes, unseen values per field)
 
@@ -33,9 +34,9 @@ from genctr.schema import OOV, PAD, FieldKind
 from genctr.serve.batcher import MicroBatcher
 from genctr.serve.metrics import ServeMetrics
 from genctr.serve.rows import RequestError, RowReader
-from genctr.train import predict_split
-
-SERVED_STRATEGIES = ("plain",)
+from genctr.serve.strategies import requested
+from genctr.testtime.evaluate import make_inference, predict_with
+from genctr.testtime.inference import Inference, InferenceOptions
 
 
 @dataclass
@@ -46,8 +47,11 @@ class ServeOptions:
     max_body_bytes: int = 8 * 1024 * 1024
 
 
-def create_app(run: Run, options: ServeOptions | None = None) -> FastAPI:
+def create_app(run: Run, options: ServeOptions | None = None,
+               strategies: dict[str, Inference] | None = None) -> FastAPI:
+    """`strategies`: name -> fitted strategy (serve.strategies.fit_strategies); plain only by default."""
     options = options or ServeOptions()
+    strategies = strategies or {"plain": make_inference(InferenceOptions())}
     reader = RowReader(run.encoder, options.max_rows)
     metrics = ServeMetrics()
     categorical = [s.name for s in run.encoder.schema.fields if s.kind is not FieldKind.numeric]
@@ -59,9 +63,9 @@ def create_app(run: Run, options: ServeOptions | None = None) -> FastAPI:
             unseen = int(((tokens == OOV) & (tokens != PAD)).sum())
             if unseen:
                 metrics.unseen.labels(name).inc(unseen)
-        probability = predict_split(run.model, split, options.max_batch_rows)
+        probability, cost = predict_with(strategies[key], run.model, split)
         metrics.rows.inc(len(probability))
-        return probability, np.ones(len(probability))
+        return probability, cost
 
     batcher = MicroBatcher(score, options.max_batch_rows, options.max_wait_ms / 1000,
                            on_batch=metrics.batch_rows.observe)
@@ -78,7 +82,7 @@ def create_app(run: Run, options: ServeOptions | None = None) -> FastAPI:
     async def health() -> dict[str, Any]:
         metrics.answered("/health", 200)
         return {"status": "ok", "run": str(run.folder), "model": run.config.model_name,
-                "columns": reader.columns, "strategies": list(SERVED_STRATEGIES)}
+                "columns": reader.columns, "strategies": sorted(strategies)}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -90,7 +94,7 @@ def create_app(run: Run, options: ServeOptions | None = None) -> FastAPI:
         start = time.perf_counter()
         try:
             payload = await _read_json(request, options.max_body_bytes)
-            strategy = _strategy(payload)
+            strategy = requested(payload.get("inference"), strategies)
             frame = reader.frame(payload.get("rows"))
             probability, cost = await batcher.submit(strategy, frame)
             response = JSONResponse({"probabilities": probability.tolist(),
@@ -132,18 +136,6 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
         raise RequestError(422, f"unknown key(s) {unknown}; a request has 'rows' and "
                            "optionally 'inference'", field=unknown[0])
     return payload
-
-
-def _strategy(payload: dict[str, Any]) -> str:
-    inference = payload.get("inference", {"strategy": "plain"})
-    if not isinstance(inference, dict) or set(inference) - {"strategy"}:
-        raise RequestError(422, "'inference' must be an object like {\"strategy\": \"plain\"}",
-                           field="inference")
-    strategy = inference.get("strategy", "plain")
-    if strategy not in SERVED_STRATEGIES:
-        raise RequestError(422, f"inference strategy {strategy!r} is not served; this server "
-                           f"serves {list(SERVED_STRATEGIES)}", field="inference.strategy")
-    return strategy
 
 
 class _Server(uvicorn.Server):

@@ -1,0 +1,76 @@
+"""The inference strategies a server offers, each fitted once at start on the run's valid split.
+
+A strategy is named as `describe()` names it: plain, temperature, uttsi@2.0 (budget),
+matt@8 / random@8 / mcdropout@8 (passes). Plain needs nothing; any other needs the run's
+dataset (for the valid split and the FrequencyIndex, kept in the run folder), so a server
+that offers one loads the data once at start (`--data-dir` if it moved since training).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from genctr.data.store import prepare
+from genctr.errors import ConfigError
+from genctr.runs import Run, moved_data
+from genctr.serve.rows import RequestError
+from genctr.testtime.evaluate import STRATEGIES, frequency_index, make_inference
+from genctr.testtime.inference import Inference, InferenceOptions
+
+REQUEST_KEYS = {"strategy", "budget", "paths"}
+
+
+def parse_spec(spec: str) -> InferenceOptions:
+    """'uttsi@2.0' -> InferenceOptions(strategy=uttsi, budget=2.0); 'matt@8' -> paths=8."""
+    name, _, number = spec.partition("@")
+    try:
+        if number and name in ("plain", "temperature"):
+            raise ValueError(f"{name} takes no @number")
+        options: dict[str, Any] = {"strategy": name}
+        if number:
+            options["budget" if name == "uttsi" else "paths"] = float(number) if name == "uttsi" else int(number)
+        return InferenceOptions.model_validate(options)
+    except ValueError:
+        raise ConfigError(f"--inference {spec!r}: expected plain, temperature, uttsi@BUDGET, "
+                          "matt@PATHS, random@PATHS or mcdropout@PATHS") from None
+
+
+def fit_strategies(run: Run, specs: list[str], data_dir: str | Path | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Inference]:
+    """name -> fitted strategy; plain always."""
+    chosen = {o.describe(): o for o in map(parse_spec, ["plain", *specs])}
+    fitted: dict[str, Inference] = {"plain": make_inference(chosen.pop("plain"))}
+    if not chosen:
+        return fitted
+    data = moved_data(run.config.data, Path(data_dir).resolve()) if data_dir else run.config.data
+    dataset = prepare(data.make_source(), data.cache_dir)
+    valid = dataset.splits["valid"]
+    for name, options in chosen.items():
+        index = (frequency_index(dataset, options.index, run.folder)
+                 if STRATEGIES[options.strategy].uses_index else None)
+        strategy = make_inference(options, index=index)
+        strategy.fit(run.model, valid)
+        log(f"inference {name}: fitted on the valid split ({len(valid):,} rows)")
+        fitted[name] = strategy
+    return fitted
+
+
+def requested(inference: Any, served: dict[str, Inference]) -> str:
+    """The served strategy a request names: {"strategy": "uttsi", "budget": 2.0} -> uttsi@2.0."""
+    if inference is None:
+        return "plain"
+    if not isinstance(inference, dict) or set(inference) - REQUEST_KEYS:
+        raise RequestError(422, "'inference' must be an object with 'strategy' and, for uttsi, "
+                           "'budget' or, for matt/random/mcdropout, 'paths'", field="inference")
+    try:
+        name = InferenceOptions.model_validate(inference).describe()
+    except ValueError as err:
+        first = err.errors()[0] if hasattr(err, "errors") else {}
+        where = ".".join(str(p) for p in first.get("loc", ())) or "strategy"
+        raise RequestError(422, f"inference.{where}: {first.get('msg', err)}",
+                           field=f"inference.{where}") from None
+    if name not in served:
+        raise RequestError(422, f"inference {name!r} is not served; this server serves "
+                           f"{sorted(served)}", field="inference")
+    return name
