@@ -216,3 +216,17 @@ def test_strategies_fitted_at_start_are_served_per_request(served):
     for bad in ("plain@2", "uttsi@x", "magic"):
         with pytest.raises(ConfigError, match="--inference"):
             parse_spec(bad)
+
+
+def test_the_onnx_backend_scores_like_torch(served):
+    from genctr.serve.export import OnnxScorer, onnx_for_serving
+
+    folder, raw, expected = served
+    run = load_run(folder / "run")
+    path = onnx_for_serving(run, log=lambda line: None)
+    stamp = path.stat().st_mtime
+    assert onnx_for_serving(run, log=lambda line: None).stat().st_mtime == stamp  # not re-exported
+    with TestClient(create_app(run, plain_scorer=OnnxScorer(path))) as client:
+        rows = request_rows(raw, client.get("/health").json()["columns"], 64)
+        answer = client.post("/predict", json={"rows": rows})
+    np.testing.assert_allclose(answer.json()["probabilities"], expected, atol=1e-5)

@@ -242,19 +242,41 @@ def serve(run_dir: Path,
                                               "plain (repeatable): temperature, uttsi@BUDGET, matt@PATHS, "
                                               "random@PATHS, mcdropout@PATHS; fitted on the valid split at start"),
           data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder, "
-                                                  "if it moved since training (with --inference)")) -> None:
+                                                  "if it moved since training (with --inference)"),
+          backend: str = typer.Option("torch", "--backend", help="torch, or onnx: plain requests "
+                                      "scored by onnxruntime (RUN/model.onnx, exported if missing)")) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
     from genctr.serve.app import ServeOptions, create_app, run_server
+    from genctr.serve.export import OnnxScorer, onnx_for_serving
     from genctr.serve.strategies import fit_strategies
 
+    if backend not in ("torch", "onnx"):
+        raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
                            max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024))
     run = load_run(run_dir)
-    api = create_app(run, options, fit_strategies(run, inference, data_dir, log=console.print))
+    plain = OnnxScorer(onnx_for_serving(run, log=console.print)) if backend == "onnx" else None
+    api = create_app(run, options, fit_strategies(run, inference, data_dir, log=console.print), plain)
     console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
     run_server(api, host, port)
     console.print("stopped (requests in flight were answered)")
+
+
+@app.command("export")
+def export_model(run_dir: Path,
+                 export_format: str = typer.Option("onnx", "--format", help="onnx or pt2"),
+                 output: Optional[Path] = typer.Option(None, "--output", help="the file to write "
+                                                       "(default RUN/model.onnx or RUN/model.pt2)")) -> None:
+    """Export a saved run's model: ONNX (named inputs per encoded column, output probability)
+    or a torch.export program (pt2) taking the Batch."""
+    from genctr.runs import load_run
+    from genctr.serve.export import export_run
+
+    if export_format not in ("onnx", "pt2"):
+        raise ConfigError(f"--format {export_format!r}: choose onnx or pt2")
+    path = export_run(load_run(run_dir), export_format, output)
+    console.print(f"wrote {path}")
 
 
 @app.command()

@@ -36,6 +36,10 @@ class Batch:
                      None if self.group is None else self.group.to(device))
 
 
+# a pytree, so that torch.export takes a Batch as a model's input (genctr export --format pt2)
+torch.export.register_dataclass(Batch, serialized_type_name="genctr.data.batches.Batch")
+
+
 def batch_of(split: EncodedSplit, rows: np.ndarray | slice) -> Batch:
     """The given rows of every column as tensors (one gather per column, no Python row loop)."""
     def tensor(column: np.ndarray) -> torch.Tensor:

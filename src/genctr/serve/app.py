@@ -20,7 +20,7 @@ import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import polars as pl
@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from genctr.data.encoded import EncodedSplit
 from genctr.errors import GenctrError
 from genctr.runs import Run
 from genctr.schema import OOV, PAD, FieldKind
@@ -48,8 +49,11 @@ class ServeOptions:
 
 
 def create_app(run: Run, options: ServeOptions | None = None,
-               strategies: dict[str, Inference] | None = None) -> FastAPI:
-    """`strategies`: name -> fitted strategy (serve.strategies.fit_strategies); plain only by default."""
+               strategies: dict[str, Inference] | None = None,
+               plain_scorer: Callable[[EncodedSplit], np.ndarray] | None = None) -> FastAPI:
+    """`strategies`: name -> fitted strategy (serve.strategies.fit_strategies); plain only by
+    default. `plain_scorer` scores plain requests instead of the torch model (the ONNX backend,
+    serve.export.OnnxScorer); the other strategies always run the torch model."""
     options = options or ServeOptions()
     strategies = strategies or {"plain": make_inference(InferenceOptions())}
     reader = RowReader(run.encoder, options.max_rows)
@@ -63,7 +67,11 @@ def create_app(run: Run, options: ServeOptions | None = None,
             unseen = int(((tokens == OOV) & (tokens != PAD)).sum())
             if unseen:
                 metrics.unseen.labels(name).inc(unseen)
-        probability, cost = predict_with(strategies[key], run.model, split)
+        if key == "plain" and plain_scorer is not None:
+            probability = plain_scorer(split)
+            cost = np.ones(len(probability))
+        else:
+            probability, cost = predict_with(strategies[key], run.model, split)
         metrics.rows.inc(len(probability))
         return probability, cost
 

@@ -1,0 +1,139 @@
+"""`genctr export RUN --format onnx | pt2`: a saved run's model outside genctr.
+
+ONNX: one named input per column the model reads (`tokens.<field>`: int32 [rows] or [rows, L];
+`values.<field>`: float32 [rows] for fields embedded as value × vector), one output
+`probability` float32 [rows], the row count dynamic. The encoder stays with genctr: a client
+encodes rows with the run's encoder (as `genctr serve` does) and feeds the columns.
+pt2: `torch.export` of the model itself, its input the Batch dataclass (a registered pytree).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from genctr.data.batches import Batch, batch_of
+from genctr.data.encode import FeatureEncoder
+from genctr.data.encoded import EncodedSplit
+from genctr.errors import ConfigError, DataError
+from genctr.files import check_writable
+from genctr.models.base import CTRModel
+from genctr.nn.embedding import FieldEmbedding
+from genctr.runs import Run
+
+ExportFormat = Literal["onnx", "pt2"]
+
+
+def value_fields(model: CTRModel) -> list[str]:
+    """The numeric fields whose value (not only its bin token) the model reads."""
+    names: set[str] = set()
+    for module in model.modules():
+        if isinstance(module, FieldEmbedding):
+            names |= module.scaled
+    return sorted(names)
+
+
+class ColumnScorer(nn.Module):
+    """Columns in a fixed order -> probabilities: the model behind flat, named inputs."""
+
+    def __init__(self, model: CTRModel, tokens: list[str], values: list[str]) -> None:
+        super().__init__()
+        self.model, self.tokens, self.values = model, tokens, values
+
+    def input_names(self) -> list[str]:
+        return [f"tokens.{n}" for n in self.tokens] + [f"values.{n}" for n in self.values]
+
+    def columns(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return tuple(batch.tokens[n] for n in self.tokens) + tuple(batch.values[n] for n in self.values)
+
+    def forward(self, *columns: torch.Tensor) -> torch.Tensor:
+        tokens = dict(zip(self.tokens, columns[:len(self.tokens)]))
+        values = dict(zip(self.values, columns[len(self.tokens):]))
+        rows = columns[0].shape[0]
+        batch = Batch(tokens, values, torch.zeros(rows, dtype=torch.float32))
+        return torch.sigmoid(self.model(batch).float())
+
+
+def example_split(encoder: FeatureEncoder, rows: int = 4) -> EncodedSplit:
+    """`rows` rows of missing values, encoded: the shapes and dtypes an export traces."""
+    types = {spec.source_column: pl.List(pl.String) if spec.is_list else pl.String
+             for spec in encoder.schema.fields}
+    empty = {column: [[] if isinstance(kind, pl.List) else None] * rows for column, kind in types.items()}
+    return encoder.encode_frame(pl.DataFrame(empty, schema=types), with_label=False)
+
+
+def column_scorer(run: Run) -> ColumnScorer:
+    return ColumnScorer(run.model, [s.name for s in run.encoder.schema.fields],
+                        value_fields(run.model)).eval()
+
+
+def export_run(run: Run, export_format: ExportFormat, output: str | Path | None = None) -> Path:
+    """Write the export (default: RUN/model.onnx or RUN/model.pt2, replaced if there); a
+    given output that already exists is refused (genctr never overwrites a file it did not
+    make)."""
+    target = Path(output) if output else run.folder / f"model.{export_format}"
+    if output and target.exists():
+        raise DataError(f"{target}: already exists; choose another --output (genctr does not "
+                        "overwrite files it did not create)")
+    check_writable(target, "the export file")
+    batch = batch_of(example_split(run.encoder), slice(None))
+    scorer = column_scorer(run)
+    rows = torch.export.Dim("rows", min=1)
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's exporter notes about its own internals, not about the user's model
+        warnings.filterwarnings("ignore", message=".*axis name.*")
+        warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
+        if export_format == "onnx":
+            columns = scorer.columns(batch)
+            torch.onnx.export(scorer, columns, str(target), input_names=scorer.input_names(),
+                              output_names=["probability"], dynamo=True, verbose=False,
+                              dynamic_shapes={"columns": tuple({0: rows} for _ in columns)})
+        elif export_format == "pt2":
+            batch.group = None  # not an input of any model
+            dynamic = [{n: {0: rows} for n in batch.tokens}, {n: {0: rows} for n in batch.values},
+                       {0: rows}]  # the Batch pytree's children: tokens, values, label (group None)
+            program = torch.export.export(run.model, (batch,), dynamic_shapes={"batch": dynamic})
+            program._example_inputs = None  # not pickled into the file: it loads weights_only
+            torch.export.save(program, str(target))
+        else:
+            raise ConfigError(f"export format {export_format!r}: choose onnx or pt2")
+    return target
+
+
+class OnnxScorer:
+    """Scores encoded columns with onnxruntime (`genctr serve --backend onnx`)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(str(path), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, split: EncodedSplit) -> np.ndarray:
+        feed = {}
+        for name in self.inputs:
+            kind, _, field = name.partition(".")
+            column = split.tokens[field] if kind == "tokens" else split.values[field]
+            feed[name] = np.ascontiguousarray(column)
+        return self.session.run(["probability"], feed)[0]
+
+
+def onnx_for_serving(run: Run, log=print) -> Path:
+    """RUN/model.onnx, exported again when missing or older than the run's weights."""
+    from genctr.train import BEST_WEIGHTS
+
+    path = run.folder / "model.onnx"
+    if not path.is_file() or path.stat().st_mtime < (run.folder / BEST_WEIGHTS).stat().st_mtime:
+        log(f"exporting the model to {path} (ONNX)")
+        export_run(run, "onnx")
+    return path
