@@ -1,0 +1,192 @@
+"""Load benchmark of `genctr serve` with wrk (an established HTTP load generator, C, low overhead
+on a 2-core machine; `apt-get install wrk`), on localhost only, bounded in time.
+
+    .venv/bin/python benchmarks/serve.py --run RUN_DIR --data-dir ../shared/data [--seconds 60]
+
+For each backend (torch; onnx), inference (plain; uttsi@2.0, torch only: UTTSI runs the torch
+model), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST /predict with
+bodies cut from the test split's raw rows (varied per request) for `--seconds`; one record per
+cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
+socket errors) and the server's RSS before and after. Cells already recorded for this run and
+commit are skipped (resumable). The server runs as its own process (`genctr serve`), started
+once per backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import numpy as np
+
+from genctr.files import append_jsonl, read_jsonl
+from genctr.provenance import git_commit, machine, now_iso
+from genctr.runs import load_run, moved_data
+from genctr.schema import FieldKind
+
+CELLS = [(backend, inference, rows, clients)
+         for backend, inferences in (("torch", ("plain", "uttsi@2.0")), ("onnx", ("plain",)))
+         for inference in inferences for rows in (1, 64) for clients in (1, 8, 32)]
+
+
+def request_rows(run, data_dir: Path, count: int, seed: int = 0) -> list[dict]:
+    """`count` raw test rows as a client sends them (lists as lists, numbers as numbers)."""
+    data = moved_data(run.config.data, data_dir.resolve())
+    raw = data.make_source().load()
+    test = raw.splits["test"]
+    picked = np.sort(np.random.default_rng(seed).choice(test, min(count, len(test)), replace=False))
+    frame = raw.frame
+    rows = []
+    for index in picked:
+        row = {}
+        for spec in run.encoder.schema.fields:
+            column = spec.source_column
+            if spec.name in raw.sequence_refs:  # a history built from earlier rows
+                owner = run.encoder.schema.field(spec.share_vocab).source_column
+                refs = raw.sequence_refs[spec.name][index]
+                row[column] = [str(frame[owner][int(r)]) for r in refs if r >= 0]
+                continue
+            value = frame[column][int(index)]
+            if value is None:
+                row[column] = [] if spec.is_list else None
+            elif spec.kind is FieldKind.numeric:
+                row[column] = float(value)
+            elif spec.is_list:
+                row[column] = [v for v in str(value).split(spec.separator) if v]
+            else:
+                row[column] = str(value)
+        rows.append(row)
+    return rows
+
+
+def lua_script(bodies: list[str], path: Path) -> Path:
+    """A wrk script that cycles through the request bodies."""
+    quoted = ",\n".join("[==[" + body + "]==]" for body in bodies)
+    path.write_text(f"""
+local bodies = {{{quoted}}}
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = (i % #bodies) + 1
+  return wrk.format(nil, "/predict", nil, bodies[i])
+end
+""")
+    return path
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str, unit: str) -> float:
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+    latency = {p: ms(v, u) for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)}
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    if rate is None or "50" not in latency or "99" not in latency:
+        raise RuntimeError(f"could not read wrk's output:\n{text}")
+    errors = int(non2xx.group(1)) if non2xx else 0
+    errors += sum(int(g) for g in sockets.groups()) if sockets else 0
+    return {"requests_per_s": float(rate.group(1)), "latency_ms_p50": latency["50"],
+            "latency_ms_p99": latency["99"], "errors": errors}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(run_dir: Path, data_dir: Path, backend: str, port: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "genctr", "serve", str(run_dir), "--port", str(port),
+               "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", "2"]
+    if backend == "torch":
+        command += ["--inference", "uttsi@2.0"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600  # fitting UTTSI loads the data and scores valid
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server stopped: {server.stderr.read()}")
+        time.sleep(0.5)
+    server.terminate()
+    raise RuntimeError("the server did not answer /health within 600 s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a saved run (DCNv2 on ml1m-ctr)")
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results/serve.jsonl"))
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk (Debian's package)", file=sys.stderr)
+        return 2
+    commit = git_commit()
+    done = {(r["backend"], r["inference"], r["rows_per_request"], r["clients"])
+            for r in read_jsonl(args.results) if r.get("run") == str(args.run.resolve())
+            and r.get("commit") == commit}
+    todo = [c for c in CELLS if c not in done]
+    if not todo:
+        print("every cell is recorded for this run and commit")
+        return 0
+    run = load_run(args.run)
+    rows = request_rows(run, args.data_dir, 64 * 16)
+    folder = Path(tempfile.mkdtemp(prefix="genctr-serve-bench-"))
+    for backend in dict.fromkeys(c[0] for c in todo):
+        port = free_port()
+        server = start_server(args.run, args.data_dir, backend, port)
+        try:
+            for _, inference, size, clients in [c for c in todo if c[0] == backend]:
+                strategy = ({} if inference == "plain" else
+                            {"inference": {"strategy": "uttsi", "budget": float(inference.split("@")[1])}})
+                bodies = [json.dumps({"rows": rows[i:i + size]} | strategy)
+                          for i in range(0, min(len(rows), 256 * size), size)]
+                script = lua_script(bodies, folder / f"{size}.lua")
+                rss_start = rss_mb(server.pid)
+                started = time.perf_counter()
+                wrk = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{args.seconds}s",
+                                      "--latency", "--timeout", "10s", "-s", str(script),
+                                      f"http://127.0.0.1:{port}"], capture_output=True, text=True)
+                measured = parse_wrk(wrk.stdout)
+                record = {"task": "serve", "tool": "genctr", "model": run.config.model_name,
+                          "backend": backend, "inference": inference, "rows_per_request": size,
+                          "clients": clients, **measured,
+                          "rows_per_s": measured["requests_per_s"] * size,
+                          "duration_s": time.perf_counter() - started, "rss_start_mb": rss_start,
+                          "rss_end_mb": rss_mb(server.pid), "run": str(args.run.resolve()),
+                          "commit": commit, "machine": machine(), "finished_at": now_iso()}
+                append_jsonl(args.results, record)
+                print(f"{backend} {inference} {size} row(s) x {clients} clients: "
+                      f"{measured['requests_per_s']:,.0f} req/s, p50 {measured['latency_ms_p50']:.2f} ms, "
+                      f"p99 {measured['latency_ms_p99']:.2f} ms, errors {measured['errors']}, "
+                      f"rss {record['rss_start_mb']:.0f} -> {record['rss_end_mb']:.0f} MB", flush=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
