@@ -137,3 +137,17 @@ def test_log_square_binning():
     # floor(ln(10)^2) = 5, floor(ln(100)^2) = 21; small values are their own bucket
     assert decode(encoder, "i1", split.tokens["i1"][[0, 1, 2, 3, 4, 6]]) == ["0", "1", "2", "5", "21", "-1"]
     assert split.tokens["i1"][5] == OOV
+
+
+def test_few_rows_take_the_dict_lookup_and_encode_exactly_like_many(monkeypatch):
+    import genctr.data.encode as encode
+    from genctr.data.sources import make_source
+
+    raw = make_source("synthetic", rows=3000, users=200, items=150, seed=7).load()
+    encoder = FeatureEncoder(raw.schema).fit(raw)
+    polars = encoder.encode_frame(raw.frame, raw, raw.sequence_refs)  # 3,000 rows: polars
+    monkeypatch.setattr(encode, "SMALL_LOOKUP", 10 ** 9)  # the dict for every size
+    many = encoder.encode_frame(raw.frame, raw, raw.sequence_refs)
+    for name in many.tokens:
+        np.testing.assert_array_equal(many.tokens[name], polars.tokens[name], err_msg=name)
+    assert (many.tokens["user_id"] == OOV).any()  # unseen users are in the comparison

@@ -204,7 +204,17 @@ def _fit_vocab(values: pl.Series, spec: FieldSpec) -> FieldState:
     return FieldState(vocab=vocab, counts=[0, oov_count] + kept["n"].to_list())
 
 
+SMALL_LOOKUP = 1024  # rows up to which a Python dict beats polars' replace_strict (serving)
+
+
 def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
+    """Token ids of the values (OOV for unseen ones). A few rows (a served request) go through
+    a dict kept on the state; many through polars, which would rebuild its mapping per call."""
+    if len(values) <= SMALL_LOOKUP:
+        index = state.__dict__.get("_index")  # not a dataclass field: never saved
+        if index is None:
+            index = state.__dict__["_index"] = {v: FIRST_VALUE + i for i, v in enumerate(state.vocab or [])}
+        return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
     ids = np.arange(FIRST_VALUE, FIRST_VALUE + len(state.vocab or []), dtype=np.int32)
     return values.replace_strict(state.vocab, ids, default=OOV, return_dtype=pl.Int32).to_numpy()
 
