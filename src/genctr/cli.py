@@ -168,11 +168,12 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
              measure_latency: bool = typer.Option(False, "--latency", metavar="",
                                                   help="also time p50/p99 latency"),
              data_dir: Optional[Path] = typer.Option(
-                 None, "--data-dir", help="the dataset's folder, if it moved since training")) -> None:
+                 None, "--data-dir", help="the dataset's folder, if it moved since training"),
+             device: str = typer.Option("auto", "--device", help="auto (a CUDA device when there is one), cpu, cuda or cuda:N")) -> None:
     """Evaluate a saved run on its dataset's splits, with plain or test-time inference."""
     from genctr.runs import evaluate_split, load_run
 
-    run = load_run(run_dir, data_dir)
+    run = load_run(run_dir, data_dir, device)
     dataset = prepare(run.config.data.make_source(), run.config.data.cache_dir)
     unknown = [s for s in split if s not in dataset.splits]
     if unknown:
@@ -213,13 +214,14 @@ def nested_options(flat: dict[str, Any]) -> dict[str, Any]:
 @app.command()
 def predict(run_dir: Path, input_file: Path, output_file: Path,
             separator: str = typer.Option(",", "--separator", help="field separator of a text "
-                                          "input file (e.g. $'\\t' for tab-separated rows)")) -> None:
+                                          "input file (e.g. $'\\t' for tab-separated rows)"),
+            device: str = typer.Option("auto", "--device", help="auto (a CUDA device when there is one), cpu, cuda or cuda:N")) -> None:
     """Score raw CSV/Parquet rows with a saved run; writes the rows plus `probability`, and
     OUTPUT_FILE.unseen.json with the share of never-seen values per field."""
     from genctr.runs import load_run, predict_file
 
     separator = {"\\t": "\t", "tab": "\t"}.get(separator, separator)
-    rows, unseen = predict_file(load_run(run_dir), input_file, output_file, separator=separator,
+    rows, unseen = predict_file(load_run(run_dir, device=device), input_file, output_file, separator=separator,
                                 log=lambda line: print(line, file=sys.stderr))
     print("unseen values per field: " + ", ".join(f"{k} {v:.1%}" for k, v in unseen.items()),
           file=sys.stderr)
@@ -244,7 +246,8 @@ def serve(run_dir: Path,
           data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder, "
                                                   "if it moved since training (with --inference)"),
           backend: str = typer.Option("torch", "--backend", help="torch, or onnx: plain requests "
-                                      "scored by onnxruntime (RUN/model.onnx, exported if missing)")) -> None:
+                                      "scored by onnxruntime (RUN/model.onnx, exported if missing)"),
+          device: str = typer.Option("auto", "--device", help="auto (a CUDA device when there is one), cpu, cuda or cuda:N")) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
     from genctr.serve.app import ServeOptions, create_app, run_server
@@ -255,7 +258,7 @@ def serve(run_dir: Path,
         raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
                            max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024))
-    run = load_run(run_dir)
+    run = load_run(run_dir, device=device)
     plain = OnnxScorer(onnx_for_serving(run, log=console.print)) if backend == "onnx" else None
     api = create_app(run, options, fit_strategies(run, inference, data_dir, log=console.print), plain)
     console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")

@@ -27,6 +27,7 @@ from genctr.metrics import evaluate_predictions
 from genctr.models import CTRModel, build_model
 from genctr.nn.embedding import field_infos
 from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file
+from genctr.runtime import resolve_device
 from genctr.schema import OOV, PAD, FieldKind, parse_model, read_yaml
 from genctr.train import (BEST_WEIGHTS, CHECKPOINT, HISTORY, Trainer, TrainState, load_weights,
                           predict_split, seed_everything)
@@ -62,7 +63,7 @@ def evaluate_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536
 
 # keys of a run's config that may change when it is continued with --resume
 RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "train.epochs", "train.patience",
-                  "train.progress", "train.threads", "train.eval_batch_size"}
+                  "train.progress", "train.threads", "train.eval_batch_size", "train.device"}
 MIN_VALID_POSITIVES = 100
 
 
@@ -229,8 +230,9 @@ def moved_data(data: DataConfig, new_dir: Path) -> DataConfig:
     return data.model_copy(update={"data_dir": str(new_dir), "options": options})
 
 
-def load_run(folder: str | Path, data_dir: str | Path | None = None) -> Run:
-    """Rebuild a saved run's model with its best weights (no training data needed).
+def load_run(folder: str | Path, data_dir: str | Path | None = None, device: str = "cpu") -> Run:
+    """Rebuild a saved run's model with its best weights (no training data needed), on
+    `device` (auto, cpu, cuda, cuda:N).
 
     `data_dir` replaces the data folder recorded in the run (data moved since training)."""
     folder = Path(folder)
@@ -242,7 +244,7 @@ def load_run(folder: str | Path, data_dir: str | Path | None = None) -> Run:
     encoder = FeatureEncoder.load(require_run_file(folder, ENCODER_FILE, "run"))
     model = build_for(config, encoder)
     load_weights(model, weights)
-    model.eval()
+    model.to(resolve_device(device)).eval()
     return Run(folder, config, encoder, model)
 
 

@@ -30,6 +30,7 @@ from genctr.errors import DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
 from genctr.metrics import auc, logloss
 from genctr.models.base import CTRModel
+from genctr.runtime import Runtime, model_device, move_batch
 from genctr.schema import Strict
 
 CHECKPOINT = "checkpoint.pt"
@@ -63,6 +64,8 @@ class TrainConfig(Strict):
                                  "test-time drops are familiar (then no longer training-free)")
     seed: int = 2024
     compile: bool = False
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (a CUDA device when there is one), cpu, cuda or cuda:N")
     bf16: bool = False
     threads: int | None = Field(None, ge=1)
     progress: bool = True
@@ -122,13 +125,14 @@ def predict_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536,
                   bf16: bool = False, drop: torch.Tensor | None = None) -> np.ndarray:
     """Click probabilities of every row, in order, in eval mode."""
     model.eval()
+    device = model_device(model)  # the model's device: batches and drops move there
     out = []
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
         for start in range(0, len(split), batch_size):
             rows = slice(start, min(start + batch_size, len(split)))
-            batch = batch_of(split, rows)
-            logits = model(batch, None if drop is None else drop[rows])
-            out.append(torch.sigmoid(logits.float()).numpy())
+            batch = move_batch(batch_of(split, rows), device)
+            logits = model(batch, None if drop is None else drop[rows].to(device))
+            out.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
@@ -157,7 +161,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
 def regularization(model: nn.Module, embedding_l2: float, net_l2: float) -> torch.Tensor:
     """λ_e/2·Σ‖embedding table‖² + λ_n/2·Σ‖weight matrix‖² (biases and norms excluded)."""
-    total = torch.zeros(())
+    total = torch.zeros((), device=model_device(model))
     if embedding_l2 == 0 and net_l2 == 0:
         return total
     for module in model.modules():
@@ -174,6 +178,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(run_dir)
         self.log = log
+        self.runtime = Runtime.create(config.device, config.bf16, log)
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
 
     # ------------------------------------------------------------------------ the loop
@@ -181,6 +186,7 @@ class Trainer:
             resume: bool = False) -> TrainState:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        model.to(self.runtime.device)  # before the optimizer: its state lives with the weights
         optimizer = self.optimizer(model)
         state = TrainState()
         if resume and (self.run_dir / CHECKPOINT).is_file():
@@ -228,6 +234,7 @@ class Trainer:
         with self._progress(steps, epoch) as advance:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
+                batch = self.runtime.move(batch)
                 self._warm_up(optimizer, epoch * steps + batches)
                 try:
                     value = self.train_step(forward, model, optimizer, batch).item()
@@ -265,9 +272,9 @@ class Trainer:
         before touching the weights, when the objective is not finite.
         benchmarks/step_profile.py profiles exactly this."""
         cfg = self.config
-        drop = (torch.rand(len(batch), model.embedding.num_fields) < cfg.field_dropout
-                if cfg.field_dropout else None)
-        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.bf16):
+        drop = (torch.rand(len(batch), model.embedding.num_fields, device=batch.label.device)
+                < cfg.field_dropout if cfg.field_dropout else None)
+        with self.runtime.autocast():
             logits = forward(batch, drop)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
         objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
@@ -303,8 +310,11 @@ class Trainer:
 
     def _save_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer,
                          state: TrainState) -> None:
+        rng = {"torch_rng": torch.get_rng_state()}
+        if self.runtime.is_cuda:
+            rng["cuda_rng"] = torch.cuda.get_rng_state(self.runtime.device)
         self._save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "state": state.__dict__, "torch_rng": torch.get_rng_state()}, CHECKPOINT)
+                           "state": state.__dict__, **rng}, CHECKPOINT)
 
     def _load_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer) -> TrainState:
         path = self.run_dir / CHECKPOINT
@@ -313,6 +323,8 @@ class Trainer:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             torch.set_rng_state(saved["torch_rng"])
+            if self.runtime.is_cuda and "cuda_rng" in saved:
+                torch.cuda.set_rng_state(saved["cuda_rng"], self.runtime.device)
             state = TrainState(**saved["state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0][:160]

@@ -35,6 +35,8 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if x.device.type != "cpu":  # the fast path is for CPU; on a GPU torch's kernel is
+            return nn.functional.dropout(x, self.p, training=True)
         bits = random_bits(-(-x.numel() // 4), x.device)
         keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= self.threshold
         # bool -> uint8 is a free view and uint8 -> float is vectorized; bool -> float is ~6x slower

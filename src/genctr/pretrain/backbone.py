@@ -96,7 +96,7 @@ def replace_fields(batch: Batch, chosen: torch.Tensor, fields: list[FieldInfo]
     changed = torch.zeros_like(chosen)
     for i, info in enumerate(fields):
         rows = chosen[:, i]
-        donor = torch.randperm(len(batch))
+        donor = torch.randperm(len(batch), device=chosen.device)
         original = batch.tokens[info.name]
         drawn = original[donor]
         where = rows.view(-1, *([1] * (original.dim() - 1)))

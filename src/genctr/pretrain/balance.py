@@ -41,6 +41,7 @@ class Balancer(nn.Module):
 
     def forward(self, losses: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scalar loss, weights [F + 1] applied to each ℓ_f, detached, for logging)."""
+        present = present.to(losses.device)
         present_f = present.to(losses.dtype)
         if self.log_difficulty is None:
             return (losses * present_f).sum(), present_f.detach().clone()
@@ -76,16 +77,16 @@ class Balancer(nn.Module):
         if self.log_difficulty is None:
             return np.ones(len(last_weights))
         if self.options.name == "self_balancing":
-            weights = torch.exp(-self.log_difficulty.detach()).numpy()
+            weights = torch.exp(-self.log_difficulty.detach()).cpu().numpy()
             if self.options.label == "fixed":
                 weights[-1] = 1.0
             return weights
-        return last_weights.numpy()
+        return last_weights.cpu().numpy()
 
     def log_difficulties(self) -> np.ndarray:
         """s [F + 1] (zeros for uniform), for logging."""
         s = self.log_difficulty
-        return np.zeros(self.size) if s is None else s.detach().numpy()
+        return np.zeros(self.size) if s is None else s.detach().cpu().numpy()
 
     def difficulty(self) -> torch.Tensor | None:
         """s [F + 1] for the attention guidance (None for uniform)."""

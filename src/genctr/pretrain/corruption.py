@@ -34,12 +34,17 @@ class Masks:
     positions: dict[str, torch.Tensor]
 
     @staticmethod
-    def label_only(rows: int, num_fields: int, sequences: dict[str, int]) -> "Masks":
+    def label_only(rows: int, num_fields: int, sequences: dict[str, int],
+                   device: torch.device | None = None) -> "Masks":
         """The fine-tuning state: every field visible, only the label masked."""
-        fields = torch.zeros(rows, num_fields + 1, dtype=torch.bool)
+        fields = torch.zeros(rows, num_fields + 1, dtype=torch.bool, device=device)
         fields[:, -1] = True
-        return Masks(fields, {name: torch.zeros(rows, length, dtype=torch.bool)
+        return Masks(fields, {name: torch.zeros(rows, length, dtype=torch.bool, device=device)
                               for name, length in sequences.items()})
+
+    def to(self, device: torch.device) -> "Masks":
+        """The masks on `device` (they are drawn on the host, from a seeded CPU generator)."""
+        return Masks(self.fields.to(device), {k: v.to(device) for k, v in self.positions.items()})
 
 
 class Corruption:

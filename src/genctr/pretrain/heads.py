@@ -86,7 +86,7 @@ def set_loss(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor
     """Multi-label BCE over the vocabulary (padding excluded); accuracy: top-1 is in the set."""
     logits = (query.float() @ table.float().T)[:, PAD + 1:]
     target = torch.zeros_like(logits)
-    rows = torch.arange(len(items)).unsqueeze(1).expand_as(items)
+    rows = torch.arange(len(items), device=items.device).unsqueeze(1).expand_as(items)
     valid = items != PAD
     target[rows[valid], items[valid] - 1] = 1.0
     loss = nn.functional.binary_cross_entropy_with_logits(logits, target)

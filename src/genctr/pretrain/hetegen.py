@@ -93,7 +93,8 @@ class HeteGen(CTRModel):
         """The fine-tuning state (only the label masked); with the embedding's neutral mode
         "mask", dropped fields are masked too (the state pre-training practised: a sequence
         field's items, padding excepted) instead of getting a neutral embedding."""
-        masks = Masks.label_only(batch.label.shape[0], len(self.denoiser.fields), self.denoiser.sequences)
+        masks = Masks.label_only(batch.label.shape[0], len(self.denoiser.fields), self.denoiser.sequences,
+                                 batch.label.device)
         if drop is None or self.embedding.neutral_mode != "mask":
             return masks, drop
         fields = masks.fields.clone()

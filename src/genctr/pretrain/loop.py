@@ -37,6 +37,7 @@ from genctr.pretrain.heads import HeadOptions
 from genctr.pretrain.network import GenerativeNet
 from genctr.schema import Strict, parse_model, read_yaml
 from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file, validate_run_name
+from genctr.runtime import Runtime
 from genctr.train import DivergenceGuard, TrainingDiverged, apply_step, load_weights, seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -61,6 +62,8 @@ class PretrainOptions(Strict):
     learning_rate: float = Field(1e-3, gt=0)
     grad_clip: float | None = Field(10.0, gt=0)
     seed: int = 2024
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto (a CUDA device when there is one), cpu, cuda or cuda:N")
     bf16: bool = False
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(20, ge=1, description="steps between trajectory records")
@@ -99,7 +102,7 @@ def build_network(fields: list[FieldInfo], options: PretrainOptions) -> Generati
 
 
 # keys of a pre-training's config that may change when it is continued with --resume
-RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "pretrain.epochs", "pretrain.threads",
+RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "pretrain.epochs", "pretrain.threads", "pretrain.device",
                   "pretrain.log_every"}
 
 
@@ -128,7 +131,8 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
                    ) -> tuple[GenerativeNet | BackboneNet, list[dict]]:
     options = config.pretrain
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
-    net = build_network(field_infos(dataset.encoder), options)
+    runtime = Runtime.create(options.device, options.bf16, log)
+    net = build_network(field_infos(dataset.encoder), options).to(runtime.device)
     s_params = [net.balancer.log_difficulty] if net.balancer.log_difficulty is not None else []
     others = [p for p in net.parameters() if all(p is not s for s in s_params)]
     optimizer = torch.optim.Adam([{"params": others, "lr": options.learning_rate},
@@ -137,7 +141,7 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
     generator = torch.Generator().manual_seed(options.seed)
     state = {"epoch": 0, "step": 0, "first_loss": None, "history": []}
     if resuming:
-        state = _load_checkpoint(folder, net, optimizer, generator)
+        state = _load_checkpoint(folder, net, optimizer, generator, runtime)
         log(f"resumed pre-training after {state['epoch']} epoch(s)")
     else:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
         for stale in (HISTORY_FILE, TRAJECTORY_FILE):
@@ -152,8 +156,9 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
         sums = {"loss": np.zeros(len(names)), "accuracy": np.zeros(len(names)), "count": np.zeros(len(names))}
         started = time.perf_counter()
         for batch in iterate_batches(train, options.batch_size, shuffle=True, seed=options.seed * 7919 + epoch):
-            masks = net.masks(batch, generator)
-            with torch.autocast("cpu", torch.bfloat16, enabled=options.bf16):
+            batch = runtime.move(batch)
+            masks = net.masks(batch, generator).to(runtime.device)  # drawn on the host generator
+            with runtime.autocast():
                 loss, weights, field_losses = net.losses(batch, masks)
             try:
                 apply_step(optimizer, loss, others, options.grad_clip)
@@ -163,14 +168,15 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
                         else "no epoch had finished, so nothing was saved")
                 raise TrainingDiverged(f"pre-training diverged: {diverged} in epoch {epoch}, step "
                                        f"{step}; {kept}. Lower pretrain.learning_rate") from None
-            present = field_losses.present.numpy()
-            sums["loss"][present] += field_losses.losses.detach().numpy()[present]
-            sums["accuracy"][present] += field_losses.accuracy.numpy()[present]
+            present = field_losses.present.cpu().numpy()
+            losses = field_losses.losses.detach().cpu().numpy()
+            sums["loss"][present] += losses[present]
+            sums["accuracy"][present] += field_losses.accuracy.cpu().numpy()[present]
             sums["count"][present] += 1
             if step % options.log_every == 0:
                 _append(folder / TRAJECTORY_FILE, {
                     "step": step, "epoch": epoch, "loss": float(loss.detach()),
-                    "field_loss": _by_name(names, field_losses.losses.detach().numpy(), present),
+                    "field_loss": _by_name(names, losses, present),
                     "weight": _by_name(names, net.balancer.field_weights(weights)),
                 })
             step += 1
@@ -184,9 +190,11 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
         history.append(record)
         _append(folder / HISTORY_FILE, record)
         state = {"epoch": epoch + 1, "step": step, "first_loss": guard.first_loss, "history": history}
+        rng = {"torch_rng": torch.get_rng_state(), "mask_rng": generator.get_state()}
+        if runtime.is_cuda:
+            rng["cuda_rng"] = torch.cuda.get_rng_state(runtime.device)
         save_tensors_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                             "state": state, "torch_rng": torch.get_rng_state(),
-                             "mask_rng": generator.get_state()}, folder / CHECKPOINT_FILE)
+                             "state": state, **rng}, folder / CHECKPOINT_FILE)
         log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
     if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
@@ -201,7 +209,7 @@ def _write_config(folder: Path, config: PretrainConfig) -> None:
 
 
 def _load_checkpoint(folder: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator) -> dict:
+                     generator: torch.Generator, runtime: Runtime) -> dict:
     """Restore weights, optimizer, both RNGs and the loop state; history and trajectory files
     are cut back to the checkpoint (a kill mid-epoch may have appended past it)."""
     path = folder / CHECKPOINT_FILE
@@ -211,6 +219,8 @@ def _load_checkpoint(folder: Path, net: nn.Module, optimizer: torch.optim.Optimi
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         generator.set_state(saved["mask_rng"])
+        if runtime.is_cuda and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], runtime.device)
         state = dict(saved["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0][:160]

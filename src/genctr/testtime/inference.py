@@ -29,6 +29,7 @@ from genctr.models.base import CTRModel
 from genctr.nn.blocks import Dropout
 from genctr.nn.embedding import NeutralMode
 from genctr.schema import Strict
+from genctr.runtime import model_device, move_batch
 from genctr.testtime.confidence import Confidence, ConfidenceOptions, confidence
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.paths import (path_weights, sample_confidence_paths, sample_random_paths,
@@ -99,10 +100,13 @@ class Inference:
         """Learn what the strategy needs from the validation split (nothing, for most)."""
 
     def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
-        """One forward pass; the caller has put the model in eval mode (MC-dropout turns its
-        dropout layers back on)."""
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=self.bf16):
-            return model(batch, drop).float()
+        """One forward pass on the model's device, logits back on the host (where the paths,
+        confidences and aggregation live); the caller has put the model in eval mode
+        (MC-dropout turns its dropout layers back on)."""
+        device = model_device(model)
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
+            logits = model(move_batch(batch, device), None if drop is None else drop.to(device))
+            return logits.float().cpu()
 
     def path_logits(self, model: CTRModel, batch: Batch, drops: torch.Tensor) -> torch.Tensor:
         """logits [M, B] of the M paths `drops` [M, B, F], in one forward over the tiled batch."""

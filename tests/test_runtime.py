@@ -1,0 +1,69 @@
+"""The runtime: device resolution, batch moves, bf16 notes; CUDA runs where a GPU exists
+(marked `cuda`: skipped, with the reason shown, on machines without one)."""
+
+import numpy as np
+import pytest
+import torch
+
+from genctr.config import DataConfig, RunConfig
+from genctr.data.batches import batch_of
+from genctr.errors import ConfigError
+from genctr.runtime import Runtime, move_batch, resolve_device
+from genctr.train import TrainConfig
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DATA = DataConfig(source="synthetic", cache_dir=None, options={"rows": 3000, "users": 200, "items": 150, "seed": 7})
+
+
+def test_device_resolution_and_clear_errors():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="choose auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")
+    beyond = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match=f"this machine has {beyond} CUDA device"):
+        resolve_device(f"cuda:{beyond}")
+    with pytest.raises(ValueError, match="device"):
+        TrainConfig(device="tpu")
+
+
+def test_batches_stay_put_on_their_device_and_bf16_without_instructions_is_noted(small_synthetic, monkeypatch):
+    import genctr.runtime as runtime
+
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 8))
+    assert move_batch(batch, torch.device("cpu")) is batch
+    notes = []
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    Runtime.create("cpu", bf16=True, log=notes.append)
+    assert len(notes) == 1 and "emulated" in notes[0]
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    Runtime.create("cpu", bf16=True, log=notes.append)
+    assert len(notes) == 1
+
+
+@cuda
+def test_training_pretraining_and_inference_on_cuda_match_cpu(small_synthetic, tmp_path):
+    from genctr.pretrain.loop import PretrainConfig, pretrain_run
+    from genctr.runs import evaluate_run_inference, load_run, train_run
+    from genctr.testtime.inference import InferenceOptions
+    from genctr.train import predict_split
+
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        config = RunConfig(data=DATA, model={"name": "dcnv2", "hidden_units": [32], "dropout": 0.1},
+                           train={"epochs": 2, "batch_size": 256, "seed": 1, "progress": False,
+                                  "device": device})
+        _, _, metrics[device] = train_run(config, tmp_path / device, dataset=small_synthetic,
+                                          log=lambda line: None)
+    assert abs(metrics["cpu"]["test"]["auc"] - metrics["cuda"]["test"]["auc"]) < 0.02
+    on_gpu = load_run(tmp_path / "cuda", device="cuda")
+    on_cpu = load_run(tmp_path / "cuda", device="cpu")
+    test = small_synthetic.splits["test"]
+    np.testing.assert_allclose(predict_split(on_gpu.model, test), predict_split(on_cpu.model, test), atol=1e-4)
+    result = evaluate_run_inference(on_gpu, small_synthetic, InferenceOptions(strategy="uttsi", budget=2.0),
+                                    measure_latency=False)
+    assert 1 <= result["test"]["avg_cost"] <= 8
+    pretrain = PretrainConfig(data=DATA, pretrain={"epochs": 1, "batch_size": 256, "device": "cuda",
+                                                   "heads": {"sampled_above": 100}})
+    _, net, history = pretrain_run(pretrain, tmp_path / "pre", dataset=small_synthetic, log=lambda line: None)
+    assert np.isfinite(list(history[-1]["field_loss"].values())).all()
