@@ -27,8 +27,14 @@ def git_commit(folder: str | Path = ".") -> str:
         return "unknown"
 
 
-def machine() -> str:
-    """e.g. '2 cores, Intel(R) Xeon(R) Platinum 8481C CPU' (nproc and CPU model)."""
+def machine(device: str | None = None) -> str:
+    """e.g. '2 cores, Intel(R) Xeon(R) Platinum 8481C CPU' (nproc and CPU model); for a CUDA
+    `device`, the GPU first: 'NVIDIA H200, 16 cores, ...'."""
+    if device and device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(torch.device(device))}, {machine()}"
     model = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
