@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -151,3 +153,4 @@ def test_few_rows_take_the_dict_lookup_and_encode_exactly_like_many(monkeypatch)
     for name in many.tokens:
         np.testing.assert_array_equal(many.tokens[name], polars.tokens[name], err_msg=name)
     assert (many.tokens["user_id"] == OOV).any()  # unseen users are in the comparison
+    assert "_index" not in json.dumps(encoder.state_dict())  # the cache is never saved

@@ -205,15 +205,23 @@ def _fit_vocab(values: pl.Series, spec: FieldSpec) -> FieldState:
 
 
 SMALL_LOOKUP = 1024  # rows up to which a Python dict beats polars' replace_strict (serving)
+# vocabulary list id -> (that list, value -> token id); beside the states, never saved with them
+_VOCAB_INDEXES: dict[int, tuple[list, dict]] = {}
+
+
+def _vocab_index(state: FieldState) -> dict:
+    vocab = state.vocab or []
+    cached = _VOCAB_INDEXES.get(id(vocab))
+    if cached is None or cached[0] is not vocab:
+        cached = _VOCAB_INDEXES[id(vocab)] = (vocab, {v: FIRST_VALUE + i for i, v in enumerate(vocab)})
+    return cached[1]
 
 
 def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
     """Token ids of the values (OOV for unseen ones). A few rows (a served request) go through
-    a dict kept on the state; many through polars, which would rebuild its mapping per call."""
+    a cached dict; many through polars, which would rebuild its mapping per call."""
     if len(values) <= SMALL_LOOKUP:
-        index = state.__dict__.get("_index")  # not a dataclass field: never saved
-        if index is None:
-            index = state.__dict__["_index"] = {v: FIRST_VALUE + i for i, v in enumerate(state.vocab or [])}
+        index = _vocab_index(state)
         return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
     ids = np.arange(FIRST_VALUE, FIRST_VALUE + len(state.vocab or []), dtype=np.int32)
     return values.replace_strict(state.vocab, ids, default=OOV, return_dtype=pl.Int32).to_numpy()
