@@ -16,6 +16,7 @@ from genctr.data.sources import SOURCES, make_source
 from genctr.data.stats import split_stats, vocabulary_sizes
 from genctr.data.store import prepare
 from genctr.errors import ConfigError, GenctrError
+from genctr.runtime import DEVICE_HELP
 from genctr.schema import parse_model
 
 # plain click help (rich_markup_mode=None): the rich renderer shows every flag as `--resume <bool>`
@@ -32,6 +33,7 @@ MIN_SEGMENT_CLASS = 100  # a segment AUC over fewer positives (or negatives) is 
 DataDir = typer.Option(None, "--data-dir", help="folder (or file) holding the raw dataset")
 CacheDir = typer.Option(DEFAULT_CACHE, "--cache-dir", help="where encoded splits are cached")
 Options = typer.Option([], "--option", "-o", help="source option KEY=VALUE (repeatable)")
+Device = typer.Option("auto", "--device", help=DEVICE_HELP)
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
                                                   help="also time p50/p99 latency"),
              data_dir: Optional[Path] = typer.Option(
                  None, "--data-dir", help="the dataset's folder, if it moved since training"),
-             device: str = typer.Option("auto", "--device", help="auto (a CUDA device when there is one), cpu, cuda or cuda:N")) -> None:
+             device: str = Device) -> None:
     """Evaluate a saved run on its dataset's splits, with plain or test-time inference."""
     from genctr.runs import evaluate_split, load_run
 
@@ -215,7 +217,7 @@ def nested_options(flat: dict[str, Any]) -> dict[str, Any]:
 def predict(run_dir: Path, input_file: Path, output_file: Path,
             separator: str = typer.Option(",", "--separator", help="field separator of a text "
                                           "input file (e.g. $'\\t' for tab-separated rows)"),
-            device: str = typer.Option("auto", "--device", help="auto (a CUDA device when there is one), cpu, cuda or cuda:N")) -> None:
+            device: str = Device) -> None:
     """Score raw CSV/Parquet rows with a saved run; writes the rows plus `probability`, and
     OUTPUT_FILE.unseen.json with the share of never-seen values per field."""
     from genctr.runs import load_run, predict_file
@@ -247,7 +249,7 @@ def serve(run_dir: Path,
                                                   "if it moved since training (with --inference)"),
           backend: str = typer.Option("torch", "--backend", help="torch, or onnx: plain requests "
                                       "scored by onnxruntime (RUN/model.onnx, exported if missing)"),
-          device: str = typer.Option("auto", "--device", help="auto (a CUDA device when there is one), cpu, cuda or cuda:N")) -> None:
+          device: str = Device) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
     from genctr.serve.app import ServeOptions, create_app, run_server

@@ -190,7 +190,7 @@ def transfer_label(config: RunConfig, denoiser: str) -> str:
     transfer only reaches hetegen and the denoiser's own backbone; `+frozen_embedding` when
     `freeze_embeddings` was set on a full transfer). `config` is the run's effective config,
     so `auto` is already resolved."""
-    full = config.transfer in ("full", "auto") and config.model_name in ("hetegen", denoiser)
+    full = config.transfer == "full" and config.model_name in ("hetegen", denoiser)
     if full:
         return "full+frozen_embedding" if config.freeze_embeddings else "full"
     frozen = config.freeze_embeddings or config.transfer == "frozen_embedding"

@@ -248,6 +248,16 @@ def _segment_cell(runs: list[dict], scratch: dict[int, dict], segment: str) -> s
     return f"{np.mean(aucs):.4f}" + (f" ({np.mean(diffs):+.4f})" if diffs else "")
 
 
+def _versus(runs: list[dict], base: dict[int, dict]) -> str:
+    """Mean test-AUC difference of `runs` minus `base` (seed -> record), paired by seed, with the
+    t-test p; empty when nothing pairs or `runs` are the base themselves."""
+    pairs = [(r["test_auc"], base[r["seed"]]["test_auc"]) for r in runs if r["seed"] in base]
+    if not pairs or runs[0] is base.get(runs[0]["seed"]):
+        return ""
+    test = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
+    return f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
+
+
 def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
                      reference: str = "uniform") -> str:
     """Pre-trained models against the scratch backbone and against the same model after
@@ -263,13 +273,6 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
     segment_names = sorted({s for r in records for s in (r.get("segments") or {})})
     reference_runs = [r["pretrain_epoch_seconds"] for r in tuned if r["pretrain"] == reference]
     reference_seconds = median(reference_runs) if reference_runs else float("nan")
-
-    def versus(rs: list[dict], base: dict[int, dict]) -> str:
-        pairs = [(r["test_auc"], base[r["seed"]]["test_auc"]) for r in rs if r["seed"] in base]
-        if not pairs or rs[0] is base.get(rs[0]["seed"]):
-            return ""
-        test = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
-        return f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
 
     lines = [f"### {task}: pre-training", "",
              f"Δ: test AUC minus the scratch backbone `{scratch}`, minus the same model trained from "
@@ -292,9 +295,9 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
         segments = [_segment_cell(rs, scratch_runs, s) for s in segment_names]
         lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
                      f"{_mean_std([r['test_auc'] for r in rs])} | {_mean_std([r['test_logloss'] for r in rs])} | "
-                     f"{versus(rs, by_seed(scratch))} | "
-                     f"{versus(rs, by_seed(model)) if pretrain != 'none' else ''} | "
-                     f"{versus(rs, same_reference) if pretrain != reference else ''} | "
+                     f"{_versus(rs, by_seed(scratch))} | "
+                     f"{_versus(rs, by_seed(model)) if pretrain != 'none' else ''} | "
+                     f"{_versus(rs, same_reference) if pretrain != reference else ''} | "
                      + "".join(f"{x} | " for x in segments) + f"{seconds} |")
     weights: dict[str, dict[str, float]] = {}
     for r in sorted(tuned, key=lambda r: r["seed"]):
@@ -339,11 +342,7 @@ def label_scarce_section(task: str, records: list[dict], segment: str = "cold") 
                   "| method | transfer | seeds | valid AUC | test AUC | logloss | Δ vs tuned scratch | "
                   f"{segment} Δ |", "|---|---|---|---|---|---|---|---|"]
         for label, rs in groups.items():
-            pairs = [(r["test_auc"], base[r["seed"]]["test_auc"]) for r in rs if r["seed"] in base]
-            delta = ""
-            if label != tuned and pairs:
-                test = paired_t_test([a for a, _ in pairs], [b for _, b in pairs])
-                delta = f"{test['mean_diff']:+.4f} (p={test['p_value']:.2g})"
+            delta = _versus(rs, base)
             cell = _segment_cell(rs, base, segment) if label != tuned else ""
             mark = " ✓" if label == tuned else ""
             lines.append(f"| {label}{mark} | {rs[0].get('transfer', 'none')} | "

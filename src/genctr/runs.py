@@ -96,9 +96,9 @@ def labelled_count(rows: int, fraction: float) -> int:
 def labelled_rows(train: EncodedSplit, fraction: float, seed: int) -> EncodedSplit:
     """A seeded `fraction` of the train rows, in their original order (the label-scarce
     regime: the sample follows the seed, pre-training may still see every row's fields)."""
-    if fraction >= 1.0:
-        return train
     count = labelled_count(len(train), fraction)
+    if count == len(train):
+        return train
     rows = np.sort(np.random.default_rng([seed, 7177]).choice(len(train), count, replace=False))
     return train.take(rows)
 

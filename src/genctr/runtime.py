@@ -22,6 +22,7 @@ from genctr.data.batches import Batch
 from genctr.errors import ConfigError
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
+DEVICE_HELP = "auto (a CUDA device when there is one), cpu, cuda or cuda:N"
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -67,6 +68,19 @@ class Runtime:
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16)
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """torch's CPU generator, and this CUDA device's, for a checkpoint."""
+        state = {"torch_rng": torch.get_rng_state()}
+        if self.is_cuda:
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, saved: dict) -> None:
+        """Restore what rng_state() saved (a CUDA state only on a CUDA runtime)."""
+        torch.set_rng_state(saved["torch_rng"])
+        if self.is_cuda and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
 
     def move(self, batch: Batch) -> Batch:
         """The batch on this device (unchanged on CPU)."""

@@ -30,7 +30,7 @@ from genctr.errors import DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
 from genctr.metrics import auc, logloss
 from genctr.models.base import CTRModel
-from genctr.runtime import Runtime, model_device, move_batch
+from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime, model_device, move_batch
 from genctr.schema import Strict
 
 CHECKPOINT = "checkpoint.pt"
@@ -64,8 +64,7 @@ class TrainConfig(Strict):
                                  "test-time drops are familiar (then no longer training-free)")
     seed: int = 2024
     compile: bool = False
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto (a CUDA device when there is one), cpu, cuda or cuda:N")
+    device: str = Field("auto", pattern=f"^({DEVICE_PATTERN})$", description=DEVICE_HELP)
     bf16: bool = False
     threads: int | None = Field(None, ge=1)
     progress: bool = True
@@ -310,11 +309,8 @@ class Trainer:
 
     def _save_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer,
                          state: TrainState) -> None:
-        rng = {"torch_rng": torch.get_rng_state()}
-        if self.runtime.is_cuda:
-            rng["cuda_rng"] = torch.cuda.get_rng_state(self.runtime.device)
         self._save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "state": state.__dict__, **rng}, CHECKPOINT)
+                           "state": state.__dict__, **self.runtime.rng_state()}, CHECKPOINT)
 
     def _load_checkpoint(self, model: CTRModel, optimizer: torch.optim.Optimizer) -> TrainState:
         path = self.run_dir / CHECKPOINT
@@ -322,9 +318,7 @@ class Trainer:
         try:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["torch_rng"])
-            if self.runtime.is_cuda and "cuda_rng" in saved:
-                torch.cuda.set_rng_state(saved["cuda_rng"], self.runtime.device)
+            self.runtime.set_rng_state(saved)
             state = TrainState(**saved["state"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()[0][:160]

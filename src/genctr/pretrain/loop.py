@@ -37,7 +37,7 @@ from genctr.pretrain.heads import HeadOptions
 from genctr.pretrain.network import GenerativeNet
 from genctr.schema import Strict, parse_model, read_yaml
 from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file, validate_run_name
-from genctr.runtime import Runtime
+from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime
 from genctr.train import DivergenceGuard, TrainingDiverged, apply_step, load_weights, seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -62,8 +62,7 @@ class PretrainOptions(Strict):
     learning_rate: float = Field(1e-3, gt=0)
     grad_clip: float | None = Field(10.0, gt=0)
     seed: int = 2024
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
-                        description="auto (a CUDA device when there is one), cpu, cuda or cuda:N")
+    device: str = Field("auto", pattern=f"^({DEVICE_PATTERN})$", description=DEVICE_HELP)
     bf16: bool = False
     threads: int | None = Field(None, ge=1)
     log_every: int = Field(20, ge=1, description="steps between trajectory records")
@@ -190,11 +189,9 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
         history.append(record)
         _append(folder / HISTORY_FILE, record)
         state = {"epoch": epoch + 1, "step": step, "first_loss": guard.first_loss, "history": history}
-        rng = {"torch_rng": torch.get_rng_state(), "mask_rng": generator.get_state()}
-        if runtime.is_cuda:
-            rng["cuda_rng"] = torch.cuda.get_rng_state(runtime.device)
         save_tensors_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                             "state": state, **rng}, folder / CHECKPOINT_FILE)
+                             "state": state, "mask_rng": generator.get_state(),
+                             **runtime.rng_state()}, folder / CHECKPOINT_FILE)
         log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
     if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
@@ -217,10 +214,8 @@ def _load_checkpoint(folder: Path, net: nn.Module, optimizer: torch.optim.Optimi
     try:
         net.load_state_dict(saved["net"])
         optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
+        runtime.set_rng_state(saved)
         generator.set_state(saved["mask_rng"])
-        if runtime.is_cuda and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"], runtime.device)
         state = dict(saved["state"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0][:160]
