@@ -77,7 +77,9 @@ def test_inference_matrix_records_each_strategy_once_and_reports(tmp_path):
                                 "temperature": {"strategy": "temperature"},
                                 "matt": {"strategy": "matt", "paths": [2, 3]},
                                 "mc-dropout": {"strategy": "mcdropout", "paths": 2},
-                                "uttsi": {"strategy": "uttsi", "budget": 1.5, "max_paths": 3}}}
+                                "uttsi": {"strategy": "uttsi", "budget": 1.5, "max_paths": 3},
+                                "ensemble": {"strategy": "ensemble", "members": 2},
+                                "selective": {"strategy": "selective_ensemble", "budget": 1.5}}}
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(experiment))
     first = genctr("run", "exp.yaml", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -85,12 +87,15 @@ def test_inference_matrix_records_each_strategy_once_and_reports(tmp_path):
     evaluated = sorted((r["inference"], r["variant"], r["seed"]) for r in records if "variant" in r)
     assert evaluated == sorted((inference, variant, seed) for seed in (1, 2) for inference, variant in [
         ("plain", "plain"), ("plain", "temperature"), ("matt@2", "matt"), ("matt@3", "matt"),
-        ("matt@2", "mc-dropout"), ("uttsi@1.5", "uttsi")])
+        ("matt@2", "mc-dropout"), ("uttsi@1.5", "uttsi"), ("ensemble@2", "ensemble"),
+        ("ensemble@1.5", "selective")])
     for r in records:
         if "variant" in r:
             assert r["avg_cost"] >= 1 and 0.5 < r["test_auc"] < 1
-            assert r["inference"] == "plain" or r["inference"].startswith(("matt@", "uttsi@"))
-    assert [r["valid_avg_cost"] for r in records if r.get("variant") == "uttsi"] == [1.5, 1.5]
+            assert r["inference"] == "plain" or r["inference"].startswith(("matt@", "uttsi@", "ensemble@"))
+    ensembles = {r["seed"]: r for r in records if r.get("variant") == "ensemble"}
+    assert ensembles[1]["members"] == [ensembles[2]["run_dir"]] and ensembles[1]["avg_cost"] == 2
+    assert [r["valid_avg_cost"] for r in records if r.get("variant") == "uttsi"] == pytest.approx([1.5, 1.5], rel=0.02)
     again = genctr("run", "exp.yaml", cwd=tmp_path)
     assert again.returncode == 0 and len((tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()) == len(records)
     report = genctr("report", "--benchmarks-dir", "bench", cwd=tmp_path)

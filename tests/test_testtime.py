@@ -20,7 +20,7 @@ from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.inference import InferenceOptions
 from genctr.testtime.paths import sample_confidence_paths
 from genctr.testtime.sketch import FrequencyCounter
-from genctr.testtime.uttsi import extra_paths, fit_threshold
+from genctr.testtime.budget import extra_paths, fit_threshold
 
 
 def zipf_stream(n: int, distinct: int, seed: int) -> np.ndarray:
@@ -314,13 +314,17 @@ def test_every_strategy_runs_on_every_backbone(name, small_synthetic):
     small = small_synthetic.splits["test"].take(np.arange(300))
     dataset = dataclasses.replace(small_synthetic, splits={**small_synthetic.splits, "valid": small,
                                                            "test": small})
+    member = build_model(name, field_infos(small_synthetic.encoder), SMALL_MODELS[name])
+    for p in member.parameters():
+        torch.nn.init.normal_(p, std=0.1)
     for strategy in get_args(Strategy):
         options = InferenceOptions(strategy=strategy, **({"paths": 3} if strategy in ("matt", "random", "mcdropout") else {}))
         if strategy == "mcdropout" and name in ("lr", "fm"):  # nothing to sample: one clear line
             with pytest.raises(ConfigError, match="has no dropout layer"):
                 evaluate_inference(model, dataset, options, measure_latency=False)
             continue
-        result = evaluate_inference(model, dataset, options, measure_latency=False)
+        members = [member] if "ensemble" in strategy else []
+        result = evaluate_inference(model, dataset, options, measure_latency=False, members=members)
         assert 0 <= result["test"]["auc"] <= 1 and result["test"]["avg_cost"] >= 1, (name, strategy)
 
 
@@ -330,3 +334,40 @@ def test_field_dropout_trains_lr(small_synthetic, tmp_path):
                               "field_dropout": 0.2}, output_dir=str(tmp_path))
     _, _, metrics = train_run(config, dataset=small_synthetic, log=lambda line: None)
     assert metrics["test"]["auc"] > 0.55
+
+
+# ------------------------------------------------------------------ value-level confidence
+def test_value_level_confidence_trusts_values_from_min_count_on(small_synthetic):
+    from genctr.testtime.confidence import ConfidenceOptions, confidence
+    index = FrequencyIndex.build(small_synthetic.splits["train"], field_infos(small_synthetic.encoder),
+                                 IndexOptions())
+    tokens = tokens_of(small_synthetic.splits["test"], fields=index.names)
+    counts = index.frequencies(tokens)[1]
+    conf = confidence(index, tokens, ConfidenceOptions(level="value", min_count=20))
+    assert np.all(conf.orders[1][counts >= 20] == 1)
+    below = counts < 20
+    assert below.any() and np.all(conf.orders[1][below] < 1)
+    np.testing.assert_allclose(conf.orders[1][below], np.log1p(counts[below]) / np.log1p(20), rtol=1e-5)
+    pooled = confidence(index, tokens, ConfidenceOptions())
+    user = index.names.index("user_id")  # the pooled reference distrusts ids wholesale, values do not
+    assert (conf.orders[1][:, user] == 1).mean() > (pooled.orders[1][:, user] == 1).mean()
+    with pytest.raises(ConfigError, match="min_count"):
+        confidence(index, tokens, ConfidenceOptions(level="value"))
+
+
+def test_value_level_min_count_is_fitted_on_valid_and_the_filter_drops_only_rarer_values(
+        small_synthetic, trained):
+    from genctr.testtime.confidence import MIN_COUNT_GRID
+    index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
+    options = InferenceOptions(strategy="uttsi", budget=1.0, filter_threshold=1.0,
+                               confidence={"level": "value"})
+    uttsi = make_inference(options, index=index)
+    uttsi.fit(trained.model, small_synthetic.splits["valid"])
+    min_count = uttsi.confidence_options.min_count
+    assert min_count in MIN_COUNT_GRID
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 500))
+    dropped = uttsi.filtered(uttsi.confidence(batch))[:, index.field_positions()].numpy()
+    counts = index.frequencies(tokens_of(batch, fields=index.names))[1]
+    np.testing.assert_array_equal(dropped, counts < min_count)
+    result = evaluate_run_inference(trained, small_synthetic, options, measure_latency=False)
+    assert result["test"]["avg_cost"] == 1.0 and 0.5 < result["test"]["auc"] <= 1

@@ -161,9 +161,12 @@ def train(config_file: Path, output: Optional[Path] = typer.Option(None, "--outp
 @app.command()
 def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "--split"),
              inference: str = typer.Option("plain", "--inference",
-                                           help="plain | temperature | matt | random | mcdropout | uttsi"),
+                                           help="plain | temperature | matt | random | mcdropout | uttsi "
+                                                "| ensemble | selective_ensemble"),
              budget: Optional[float] = typer.Option(None, "--budget", help="uttsi: average passes per instance"),
              paths: Optional[int] = typer.Option(None, "--paths", help="matt/random/mcdropout: passes per instance"),
+             members: list[Path] = typer.Option([], "--members", help="ensemble, selective_ensemble: "
+                                                "the other runs (same task), one per option"),
              option: list[str] = typer.Option([], "--option", "-o",
                                               help="inference option KEY=VALUE (repeatable; e.g. mix=0.5, "
                                                    "confidence.quantile=0.9)"),
@@ -181,6 +184,8 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
     if unknown:
         raise ConfigError(f"--split {', '.join(unknown)}: no such split; the dataset has "
                           f"{sorted(dataset.splits)}")
+    if members and inference not in ("ensemble", "selective_ensemble"):
+        raise ConfigError(f"--members: only for --inference ensemble or selective_ensemble, not {inference}")
     if inference == "plain" and budget is None and paths is None and not option and not measure_latency:
         size = run.config.train.eval_batch_size
         metrics = {s: evaluate_split(run.model, dataset.splits[s], size) for s in split}
@@ -191,8 +196,11 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
 
     chosen = nested_options(parse_options(option)) | {"strategy": inference}
     chosen |= {k: v for k, v in (("budget", budget), ("paths", paths)) if v is not None}
+    if members:
+        chosen["members"] = 1 + len(members)
     options = parse_model(InferenceOptions, chosen, "--inference/--option")
-    result = evaluate_run_inference(run, dataset, options, tuple(split), measure_latency)
+    result = evaluate_run_inference(run, dataset, options, tuple(split), measure_latency,
+                                    members=members)
     print_metrics({s: result[s] for s in split},
                   f"{run.config.model_name} from {run_dir}, inference {result['strategy']}")
     console.print("average forward passes per instance: " + ", ".join(

@@ -33,6 +33,9 @@ from genctr.runs import CONFIG_FILE, METRICS_FILE
 from genctr.train import BEST_WEIGHTS, HISTORY, TrainConfig
 
 
+ENSEMBLES = ("ensemble", "selective_ensemble")
+
+
 class FinetuneSpec(Strict):
     """A model of the matrix fine-tuned from pre-training runs: one cell per label ('none':
     the same model from scratch)."""
@@ -54,7 +57,8 @@ class ExperimentConfig(Strict):
         default_factory=dict, description="per model: train keys overriding `train`")
     inference: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="variant name -> inference options (genctr.testtime); "
-        "`paths` and `budget` may be lists, one record per value")
+        "`paths`, `budget` and `members` may be lists, one record per value; an ensemble's other "
+        "members are the runs of the cell's next seeds (in `seeds` order, wrapping round)")
     latency: bool = Field(True, description="time p50/p99 latency of each inference strategy")
     pretrain: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="pre-training label -> pretrain options (genctr pretrain; "
@@ -99,6 +103,24 @@ class ExperimentConfig(Strict):
                     raise ValueError(f"finetune.{model}: no pre-training '{label}' in `pretrain`")
         return self
 
+    @model_validator(mode="after")
+    def _ensembles_fit_the_seeds(self) -> "ExperimentConfig":
+        for variant, options in self.inference_cells():
+            if options.strategy in ENSEMBLES and options.members > len(self.seeds):
+                raise ValueError(f"inference.{variant}: members {options.members} needs at least "
+                                 f"that many seeds (the members are the cell's other seeds), got {len(self.seeds)}")
+        return self
+
+    def member_folders(self, cell: tuple[str, str, int, str], options: InferenceOptions) -> list[Path]:
+        """The other runs of a cell's ensemble: the same task, model and pre-training at the
+        next seeds; empty for a strategy that is no ensemble."""
+        if options.strategy not in ENSEMBLES:
+            return []
+        task, model, seed, pretrain = cell
+        at = self.seeds.index(seed)
+        others = [self.seeds[(at + k) % len(self.seeds)] for k in range(1, options.members)]
+        return [self.run_folder(task, model, other, pretrain) for other in others]
+
     def inference_cells(self) -> list[tuple[str, InferenceOptions]]:
         """(variant, options) for every inference entry and every listed paths/budget value."""
         return [(variant, InferenceOptions.model_validate(expanded))
@@ -140,9 +162,9 @@ class ExperimentConfig(Strict):
 
 
 def _expand(options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One options dict per value of a listed `paths` or `budget`."""
+    """One options dict per value of a listed `paths`, `budget` or `members`."""
     expanded = [dict(options)]
-    for key in ("paths", "budget"):
+    for key in ("paths", "budget", "members"):
         if isinstance(options.get(key), list):
             expanded = [e | {key: value} for e in expanded for value in options[key]]
     return expanded
@@ -254,9 +276,17 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
     results = Path(experiment.results)
     pretrained = pretrain_fields(run.config)
     for variant, options in todo:
-        result = evaluate_run_inference(run, datasets[task], options, measure_latency=experiment.latency)
+        members = experiment.member_folders(cell, options)
+        unfinished = [str(m) for m in members if not (m / BEST_WEIGHTS).is_file()]
+        if unfinished:
+            raise GenctrError(f"inference.{variant} on {run_dir}: ensemble member(s) not trained: "
+                              f"{', '.join(unfinished)}")
+        result = evaluate_run_inference(run, datasets[task], options, measure_latency=experiment.latency,
+                                        members=members)
         record = inference_record(task, model, seed, pretrain, variant, result, options,
                                   experiment.name, run_dir, commit, pretrained)
+        if members:
+            record["members"] = [str(m) for m in members]
         append_jsonl(results, record, locked=False)  # run_experiment holds the lock
         log(f"  {task} {model} seed {seed} {record['inference']} ({variant}): test auc "
             f"{record['test_auc']:.5f} logloss {record['test_logloss']:.5f} cost {record['avg_cost']:.2f}")
@@ -290,8 +320,9 @@ def _run_cells(experiment: ExperimentConfig, results: Path, log: Callable[[str],
             if pretrain != "none":
                 _pretrain_cell(experiment, task, pretrain, seed, log)
             ran += _train_cell(experiment, cell, config, run_dir, results, commit, log)
-        if experiment.inference:
-            ran += run_inference_cells(experiment, cell, run_dir, inference_done, datasets, log, commit)
+    for cell in experiment.cells() if experiment.inference else []:  # ensembles need every seed
+        run_dir = experiment.run_folder(*cell)
+        ran += run_inference_cells(experiment, cell, run_dir, inference_done, datasets, log, commit)
     return ran
 
 

@@ -248,11 +248,28 @@ def load_run(folder: str | Path, data_dir: str | Path | None = None, device: str
     return Run(folder, config, encoder, model)
 
 
+def ensemble_members(run: Run, folders: list[str | Path], device: str = "cpu") -> list[CTRModel]:
+    """The other runs of an ensemble, loaded; each must encode the data exactly as `run` does
+    (same task, same vocabularies), or its token ids would mean other values."""
+    members = []
+    for folder in folders:
+        member = load_run(folder, device=device)
+        if member.encoder.state_dict() != run.encoder.state_dict():
+            raise DataError(f"ensemble member {folder}: its encoder differs from {run.folder}'s "
+                            "(another task or other vocabularies); members must be runs of the same data")
+        members.append(member.model)
+    return members
+
+
 def evaluate_run_inference(run: Run, dataset: EncodedDataset, options: "InferenceOptions",
                            splits: tuple[str, ...] = ("valid", "test"),
-                           measure_latency: bool = True) -> dict[str, Any]:
-    """A test-time strategy over a saved run; its FrequencyIndex is kept in the run folder."""
+                           measure_latency: bool = True,
+                           members: list[str | Path] = ()) -> dict[str, Any]:
+    """A test-time strategy over a saved run; its FrequencyIndex is kept in the run folder.
+    `members`: the folders of an ensemble's other runs."""
     from genctr.testtime.evaluate import evaluate_inference
 
+    device = str(next(run.model.parameters()).device)
     return evaluate_inference(run.model, dataset, options, splits, measure_latency,
-                              index_folder=run.folder, bf16=run.config.train.bf16)
+                              index_folder=run.folder, bf16=run.config.train.bf16,
+                              members=ensemble_members(run, list(members), device))

@@ -24,6 +24,9 @@ REQUEST_KEYS = {"strategy", "budget", "paths"}
 def parse_spec(spec: str) -> InferenceOptions:
     """'uttsi@2.0' -> InferenceOptions(strategy=uttsi, budget=2.0); 'matt@8' -> paths=8."""
     name, _, number = spec.partition("@")
+    if name in ("ensemble", "selective_ensemble"):
+        raise ConfigError(f"--inference {spec!r}: ensembles are not served (they need their member "
+                          "runs loaded beside this one); use genctr evaluate --members")
     try:
         if number and name in ("plain", "temperature"):
             raise ValueError(f"{name} takes no @number")

@@ -7,6 +7,13 @@ at least as common as the reference has 1. The reference can be another quantile
 absolute count, taken per order (pooled over its combinations) or per combination (`per:
 combination`: a user id is compared with other user ids, not with genders), and the scale
 linear instead of logarithmic.
+
+`level: value` judges each feature value by its own training count instead: a value seen at least
+`min_count` times has confidence 1, one seen n < min_count times log(1 + n) / log(1 + min_count);
+so the filter and the paths touch only values below min_count, never a whole field (the pooled
+reference puts most user and item ids below the median of order 1). min_count is fitted on the
+validation split by the strategy when unset (`fit_min_count`). Pairs and triples keep the
+reference above.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from genctr.errors import ConfigError
 from genctr.schema import Strict
 from genctr.testtime.index import QUANTILES, FrequencyIndex, Tokens
 
@@ -30,6 +38,11 @@ class ConfidenceOptions(Strict):
     scale: Literal["log", "linear"] = "log"
     orders: list[int] = Field(default_factory=lambda: [1, 2],
                               description="orders whose combinations form the frequency prior")
+    level: Literal["reference", "value"] = Field(
+        "reference", description="order-1 confidence against the reference above, or per value "
+        "against min_count")
+    min_count: float | None = Field(None, gt=0, description="level value: training count from "
+                                    "which a value is fully trusted; unset: fitted on valid")
 
 
 @dataclass
@@ -69,10 +82,23 @@ def to_confidence(counts: np.ndarray, reference: np.ndarray, scale: str) -> np.n
     return np.where(reference > 0, np.minimum(value, 1.0), 1.0).astype(np.float32)
 
 
+MIN_COUNT_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
+
+
+def value_confidence(counts: np.ndarray, min_count: float) -> np.ndarray:
+    """counts [N, C] -> 1 from min_count on, log(1 + n) / log(1 + min_count) below."""
+    return np.minimum(np.log1p(counts) / np.log1p(min_count), 1.0).astype(np.float32)
+
+
 def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions) -> Confidence:
     frequencies = index.frequencies(tokens)
     per_order = {order: to_confidence(counts, reference_count(index, order, options), options.scale)
                  for order, counts in frequencies.items()}
+    if options.level == "value":
+        if options.min_count is None:
+            raise ConfigError("confidence.level value: min_count is unset and was not fitted "
+                              "(set confidence.min_count, or fit the strategy on valid first)")
+        per_order[1] = value_confidence(frequencies[1], options.min_count)
     rows = len(next(iter(tokens.values())))
     fields = np.ones((rows, len(index.all_fields)), dtype=np.float32)
     fields[:, index.field_positions()] = per_order[1]

@@ -18,6 +18,7 @@ from genctr.data.store import EncodedDataset
 from genctr.metrics import evaluate_predictions
 from genctr.models.base import CTRModel
 from genctr.nn.embedding import field_infos, set_neutral_mode
+from genctr.testtime.ensemble import Ensemble, SelectiveEnsemble
 from genctr.testtime.index import INDEX_FILE, FrequencyIndex, IndexOptions
 from genctr.testtime.inference import (MATT, Inference, InferenceOptions, MCDropout, RandomPaths,
                                        Temperature)
@@ -25,7 +26,8 @@ from genctr.testtime.uttsi import UTTSI
 
 STRATEGIES: dict[str, type[Inference]] = {
     "plain": Inference, "temperature": Temperature, "matt": MATT, "random": RandomPaths,
-    "mcdropout": MCDropout, "uttsi": UTTSI}
+    "mcdropout": MCDropout, "uttsi": UTTSI, "ensemble": Ensemble,
+    "selective_ensemble": SelectiveEnsemble}
 FORWARD_ROWS = 65536  # rows per forward pass, all paths together
 
 
@@ -46,8 +48,8 @@ def frequency_index(dataset: EncodedDataset, options: IndexOptions,
 
 
 def make_inference(options: InferenceOptions, bf16: bool = False,
-                   index: FrequencyIndex | None = None) -> Inference:
-    return STRATEGIES[options.strategy](options, bf16, index)
+                   index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = ()) -> Inference:
+    return STRATEGIES[options.strategy](options, bf16, index, members)
 
 
 def predict_with(strategy: Inference, model: CTRModel, split: EncodedSplit
@@ -91,15 +93,19 @@ def latency(strategy: Inference, model: CTRModel, split: EncodedSplit, requests:
 
 def evaluate_inference(model: CTRModel, dataset: EncodedDataset, options: InferenceOptions,
                        splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True,
-                       index_folder: Path | None = None, bf16: bool = False) -> dict[str, Any]:
+                       index_folder: Path | None = None, bf16: bool = False,
+                       members: list[CTRModel] | tuple = ()) -> dict[str, Any]:
     """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency).
-    `index_folder` keeps the FrequencyIndex between calls."""
+    `index_folder` keeps the FrequencyIndex between calls; `members` are the other models of
+    an ensemble (same encoder)."""
     model.eval()
+    for member in members:
+        member.eval()
     own_neutral = model.embedding.neutral_mode
     set_neutral_mode(model, options.neutral or own_neutral)
     uses_index = STRATEGIES[options.strategy].uses_index
     index = frequency_index(dataset, options.index, index_folder) if uses_index else None
-    strategy = make_inference(options, bf16, index)
+    strategy = make_inference(options, bf16, index, members)
     started = time.perf_counter()
     strategy.fit(model, dataset.splits["valid"])
     result: dict[str, Any] = {"inference": options.label(), "strategy": options.describe(),
@@ -111,8 +117,8 @@ def evaluate_inference(model: CTRModel, dataset: EncodedDataset, options: Infere
         result[name] = evaluate_predictions(split.label, prob, split.group, split.segments)
         result[name] |= {"avg_cost": float(cost.mean()), "max_cost": float(cost.max()),
                          "seconds": time.perf_counter() - started}
-    if isinstance(strategy, UTTSI):
-        result["uttsi"] = {"threshold": strategy.threshold, "valid_cost": strategy.valid_cost}
+    if isinstance(strategy, (UTTSI, SelectiveEnsemble)):  # threshold: the last one refitted
+        result["uttsi"] = {"threshold": strategy.budget.threshold, "valid_cost": strategy.budget.valid_cost}
     if isinstance(strategy, Temperature):
         result["temperature"] = strategy.temperature
     if index is not None:

@@ -10,6 +10,8 @@ trigger threshold for a cost budget), then composes with any CTRModel through `d
     random         M paths with random field drops (equal-cost ensemble control)
     mcdropout      M passes with dropout on (equal-cost ensemble control)
     uttsi          filtered pass for all; K stochastic paths for the uncertain, within a budget
+    ensemble       K independently trained models averaged (the practitioner's control)
+    selective_ensemble  the extra models only for the uncertain, within a budget
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from pydantic import Field
 from scipy.optimize import minimize_scalar
 
-from genctr.data.batches import Batch
+from genctr.data.batches import Batch, iterate_batches
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.metrics import logloss
@@ -30,12 +32,13 @@ from genctr.nn.blocks import Dropout
 from genctr.nn.embedding import NeutralMode
 from genctr.schema import Strict
 from genctr.runtime import model_device, move_batch
-from genctr.testtime.confidence import Confidence, ConfidenceOptions, confidence
+from genctr.testtime.confidence import MIN_COUNT_GRID, Confidence, ConfidenceOptions, confidence
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.paths import (path_weights, sample_confidence_paths, sample_random_paths,
                                    tile_batch)
 
-Strategy = Literal["plain", "temperature", "matt", "random", "mcdropout", "uttsi"]
+Strategy = Literal["plain", "temperature", "matt", "random", "mcdropout", "uttsi", "ensemble",
+                   "selective_ensemble"]
 
 
 class InferenceOptions(Strict):
@@ -51,7 +54,13 @@ class InferenceOptions(Strict):
                                         "the model's own (learned if it has one, else mean); mask: the [MASK] "
                                         "state of a model that has one (hetegen)")
     random_drop: float = Field(0.1, ge=0, lt=1, description="random: per-field drop probability")
-    budget: float = Field(2.8, ge=1, description="uttsi: average passes per instance on valid")
+    budget: float = Field(2.8, ge=1, description="uttsi, selective_ensemble: average passes per instance")
+    budget_window: int = Field(4096, ge=0, description="uttsi, selective_ensemble: the trigger "
+                               "threshold is refitted on this many recent rows while scoring, so "
+                               "that the budget holds on test too; 0: keep the threshold fitted on valid")
+    members: int = Field(2, ge=2, description="ensemble, selective_ensemble: models averaged, this "
+                         "one included (the others: evaluate --members, or an experiment cell's next seeds)")
+    average: Literal["logit", "probability"] = Field("logit", description="ensemble: what is averaged")
     max_paths: int = Field(8, ge=1, description="uttsi: most extra paths one instance gets")
     filter_threshold: float = Field(0.1, ge=0, le=1, description="uttsi: drop features with a "
                                     "confidence below this, for every instance")
@@ -66,19 +75,30 @@ class InferenceOptions(Strict):
     def label(self) -> str:
         """The record's `inference` value, its cost class in BENCHMARKS.md's terms: `plain` (one
         pass: plain, temperature), `matt@M` (M passes: matt and its random/mcdropout controls),
-        `uttsi@B` (budget B, either trigger). The variant name says which strategy it was."""
+        `uttsi@B` (budget B, either trigger), `ensemble@K` (K models; a selective ensemble at
+        budget B: `ensemble@B`). The variant name says which strategy it was."""
+        budget = f"{self.budget:.1f}" if round(self.budget, 1) == self.budget else f"{self.budget:g}"
         if self.strategy in ("plain", "temperature"):
             return "plain"
         if self.strategy == "uttsi":
-            return f"uttsi@{self.budget:.1f}" if round(self.budget, 1) == self.budget else f"uttsi@{self.budget:g}"
+            return f"uttsi@{budget}"
+        if self.strategy == "ensemble":
+            return f"ensemble@{self.members}"
+        if self.strategy == "selective_ensemble":
+            return f"ensemble@{budget}"
         return f"matt@{self.paths}"
 
     def describe(self) -> str:
-        """For people: the strategy and its main parameter, e.g. mcdropout@8, uttsi-random@2.0."""
+        """For people: the strategy and its main parameter, e.g. mcdropout@8, uttsi-random@2.0,
+        selective_ensemble3@1.5 (3 models, budget 1.5)."""
         if self.strategy in ("plain", "temperature"):
             return self.strategy
         if self.strategy == "uttsi":
             return self.label().replace("uttsi", "uttsi-random" if self.trigger == "random" else "uttsi")
+        if self.strategy == "ensemble":
+            return self.label()
+        if self.strategy == "selective_ensemble":
+            return self.label().replace("ensemble", f"selective_ensemble{self.members}")
         return f"{self.strategy}@{self.paths}"
 
 
@@ -88,16 +108,37 @@ class Inference:
     uses_index = False
 
     def __init__(self, options: InferenceOptions, bf16: bool = False,
-                 index: FrequencyIndex | None = None) -> None:
+                 index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = ()) -> None:
         self.options = options
         self.bf16 = bf16
         self.index = index
+        self.members = list(members)  # other models (ensembles); each in eval mode
+        self.confidence_options = options.confidence  # fit() may fill in min_count
         self.generator = torch.Generator().manual_seed(options.seed)
         if self.uses_index and index is None:
             raise ConfigError(f"inference strategy '{options.strategy}' needs a FrequencyIndex")
 
     def fit(self, model: CTRModel, valid: EncodedSplit) -> None:
-        """Learn what the strategy needs from the validation split (nothing, for most)."""
+        """Learn what the strategy needs from the validation split: a value-level confidence's
+        min_count when unset (strategies that use the index), else nothing."""
+        if self.uses_index and self.confidence_options.level == "value" \
+                and self.confidence_options.min_count is None:
+            self.fit_min_count(model, valid)
+
+    def fit_min_count(self, model: CTRModel, valid: EncodedSplit) -> None:
+        """min_count from MIN_COUNT_GRID: the one whose pass that drops every value seen fewer
+        times has the lowest valid logloss."""
+        positions = self.index.field_positions()
+        losses = {n: [] for n in MIN_COUNT_GRID}
+        for batch in iterate_batches(valid, 65536):
+            counts = self.index.frequencies(tokens_of(batch, fields=self.index.names))[1]
+            for n in MIN_COUNT_GRID:
+                drop = torch.zeros(len(batch), model.embedding.num_fields, dtype=torch.bool)
+                drop[:, positions] = torch.from_numpy(counts < n)
+                prob = torch.sigmoid(self.logits(model, batch, drop)).numpy()
+                losses[n].append(logloss(batch.label.numpy(), prob) * len(batch))
+        best = min(MIN_COUNT_GRID, key=lambda n: sum(losses[n]))
+        self.confidence_options = self.confidence_options.model_copy(update={"min_count": float(best)})
 
     def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass on the model's device, logits back on the host (where the paths,
@@ -115,7 +156,7 @@ class Inference:
         return logits.view(paths, rows)
 
     def confidence(self, batch: Batch) -> Confidence:
-        return confidence(self.index, tokens_of(batch, fields=self.index.names), self.options.confidence)
+        return confidence(self.index, tokens_of(batch, fields=self.index.names), self.confidence_options)
 
     def predict(self, model: CTRModel, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         prob = torch.sigmoid(self.logits(model, batch)).numpy()

@@ -7,49 +7,35 @@ both are low: u = (1 − model confidence)·(1 − prior). An instance that is a
 (low model confidence, high prior) has low u and is not explored. Instances with u ≥ τ get
 K = ceil(max_paths·(u − τ)/(1 − τ)) extra confidence-sampled paths (K grows with u), aggregated
 with the filtered pass by consistency: weight exp(−|p − median p| / temperature). τ is fitted on
-the validation split so that the average cost, 1 + mean K, meets the budget.
+the validation split so that the average cost, 1 + mean K, meets the budget, and refitted on the
+recent rows while scoring so that it still does on test (genctr.testtime.budget).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
 
 from genctr.data.batches import iterate_batches
+from genctr.testtime.budget import BudgetController
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.inference import Inference
 from genctr.testtime.paths import sample_confidence_paths
 
 
-def extra_paths(uncertainty: np.ndarray, threshold: float, max_paths: int) -> np.ndarray:
-    """int [N]: 0 below the threshold, else 1..max_paths growing with the uncertainty."""
-    if math.isinf(threshold):
-        return np.zeros(len(uncertainty), dtype=np.int64)
-    span = max(1.0 - threshold, 1e-9)
-    paths = np.clip(np.ceil(max_paths * (uncertainty - threshold) / span), 1, max_paths)
-    return np.where(uncertainty >= threshold, paths, 0).astype(np.int64)
-
-
-def fit_threshold(uncertainty: np.ndarray, budget: float, max_paths: int) -> float:
-    """The lowest τ whose average cost 1 + mean K(u; τ) stays within the budget (inf: none)."""
-    cost = lambda t: 1 + extra_paths(uncertainty, t, max_paths).mean()  # noqa: E731
-    if budget < 1 + 1 / max(len(uncertainty), 1):
-        return math.inf
-    if cost(0.0) <= budget:
-        return 0.0
-    low, high = 0.0, float(uncertainty.max()) + 1e-6  # cost(high) == 1
-    for _ in range(60):
-        middle = (low + high) / 2
-        low, high = (low, middle) if cost(middle) <= budget else (middle, high)
-    return high
+def uncertainty(logits: torch.Tensor, conf: Confidence) -> np.ndarray:
+    """Data scarcity per instance: (1 − model confidence)·(1 − frequency prior)."""
+    model_confidence = (2 * torch.sigmoid(logits) - 1).abs().numpy()
+    return (1 - model_confidence) * (1 - conf.prior)
 
 
 class UTTSI(Inference):
     uses_index = True
-    threshold = math.inf
-    valid_cost = 1.0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.budget = BudgetController(self.options.budget, self.options.max_paths,
+                                       self.options.budget_window)
 
     def passes_per_batch(self) -> int:
         return 1 + self.options.max_paths
@@ -58,26 +44,20 @@ class UTTSI(Inference):
         """drop [B, F]: features below the confidence threshold, for every instance."""
         return torch.from_numpy(conf.fields < self.options.filter_threshold)
 
-    @staticmethod
-    def uncertainty(logits: torch.Tensor, conf: Confidence) -> np.ndarray:
-        model_confidence = (2 * torch.sigmoid(logits) - 1).abs().numpy()
-        return (1 - model_confidence) * (1 - conf.prior)
-
     def fit(self, model, valid) -> None:
+        super().fit(model, valid)
         scores = []
         for batch in iterate_batches(valid, 65536):
             conf = self.confidence(batch)
-            scores.append(self.uncertainty(self.logits(model, batch, self.filtered(conf)), conf))
-        uncertainty = np.concatenate(scores)
-        self.threshold = fit_threshold(uncertainty, self.options.budget, self.options.max_paths)
-        self.valid_cost = 1 + extra_paths(uncertainty, self.threshold, self.options.max_paths).mean()
+            scores.append(uncertainty(self.logits(model, batch, self.filtered(conf)), conf))
+        self.budget.fit(np.concatenate(scores))
 
     def predict(self, model, batch):
         conf = self.confidence(batch)
         base = self.filtered(conf)
         logits = self.logits(model, batch, base)
         first = torch.sigmoid(logits)
-        paths = extra_paths(self.uncertainty(logits, conf), self.threshold, self.options.max_paths)
+        paths = self.budget.allocate(uncertainty(logits, conf))
         if self.options.trigger == "random":  # control: same rate and costs, random instances
             paths = paths[torch.randperm(len(paths), generator=self.generator).numpy()]
         prob = first.clone()
