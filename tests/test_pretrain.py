@@ -462,3 +462,43 @@ def test_hetegen_dnn_branch_adds_its_logit_and_full_transfer_leaves_it_fresh(pre
         without = model(batch)
     torch.testing.assert_close(with_branch, without + deep)
     assert deep.abs().max() > 0
+
+
+def test_generative_uttsi_imputes_filtered_fields_from_the_denoiser(small_synthetic, tmp_path):
+    from genctr.pretrain.imputer import imputer_for_run
+    from genctr.runs import evaluate_run_inference
+    from genctr.testtime.evaluate import frequency_index, make_inference
+    from genctr.testtime.index import IndexOptions
+    from genctr.testtime.inference import InferenceOptions
+
+    config = PretrainConfig(data=DATA, pretrain={
+        "epochs": 2, "batch_size": 256, "objective": "mfp", "denoiser": BACKBONE,
+        "balancer": {"name": "self_balancing"}, "heads": {"sampled_above": 100}})
+    folder, _, _ = pretrain_run(config, tmp_path / "pre", dataset=small_synthetic, log=lambda line: None)
+    fine = RunConfig(data=DATA, model={"name": "dcnv2"}, init_from=str(folder),
+                     train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False})
+    run, _, _ = train_run(fine, tmp_path / "ft", dataset=small_synthetic, log=lambda line: None)
+    imputer = imputer_for_run(run.config.init_from, run.encoder)
+    batch = batch_of(small_synthetic.splits["test"], slice(0, 64))
+    masked = torch.zeros(64, len(imputer.fields), dtype=torch.bool)
+    user = [f.name for f in imputer.fields].index("user_id")
+    masked[:, user] = True
+    values, probabilities = imputer.impute(batch, masked, top_k=5)["user_id"]
+    assert values.shape == (64, 5) and torch.allclose(probabilities.sum(1), torch.ones(64))
+    assert (values > 1).all()  # never padding or out-of-vocabulary
+    # the paths carry sampled values where the filter dropped a field, and nothing else changes
+    options = InferenceOptions(strategy="uttsi", budget=2.0, impute="denoiser", impute_top_k=5)
+    uttsi = make_inference(options, index=frequency_index(small_synthetic, IndexOptions(), run.folder),
+                           imputer=imputer)
+    path_batch, drop = uttsi._imputed_paths(batch, masked, 3, run.model)
+    assert len(path_batch) == 192 and not drop[:, user].any()
+    changed = path_batch.tokens["user_id"].view(3, 64)
+    for row in range(64):
+        assert set(changed[:, row].tolist()) <= set(values[row].tolist())
+    assert torch.equal(path_batch.tokens["item_id"].view(3, 64)[1], batch.tokens["item_id"])
+    result = evaluate_run_inference(run, small_synthetic, options, measure_latency=False)
+    assert result["test"]["avg_cost"] == pytest.approx(2.0, rel=0.02) and 0.5 < result["test"]["auc"] <= 1
+    scratch, _, _ = train_run(fine.model_copy(update={"init_from": None}), tmp_path / "scratch",
+                              dataset=small_synthetic, log=lambda line: None)
+    with pytest.raises(ConfigError, match="trained from scratch"):
+        evaluate_run_inference(scratch, small_synthetic, options, measure_latency=False)

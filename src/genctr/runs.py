@@ -270,6 +270,11 @@ def evaluate_run_inference(run: Run, dataset: EncodedDataset, options: "Inferenc
     from genctr.testtime.evaluate import evaluate_inference
 
     device = str(next(run.model.parameters()).device)
+    imputer = None
+    if options.impute == "denoiser":
+        from genctr.pretrain.imputer import imputer_for_run
+
+        imputer = imputer_for_run(run.config.init_from, run.encoder, device)
     return evaluate_inference(run.model, dataset, options, splits, measure_latency,
                               index_folder=run.folder, bf16=run.config.train.bf16,
-                              members=ensemble_members(run, list(members), device))
+                              members=ensemble_members(run, list(members), device), imputer=imputer)

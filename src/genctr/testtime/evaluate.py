@@ -20,8 +20,8 @@ from genctr.models.base import CTRModel
 from genctr.nn.embedding import field_infos, set_neutral_mode
 from genctr.testtime.ensemble import Ensemble, SelectiveEnsemble
 from genctr.testtime.index import INDEX_FILE, FrequencyIndex, IndexOptions
-from genctr.testtime.inference import (MATT, Inference, InferenceOptions, MCDropout, RandomPaths,
-                                       Temperature)
+from genctr.testtime.inference import (MATT, Imputer, Inference, InferenceOptions, MCDropout,
+                                       RandomPaths, Temperature)
 from genctr.testtime.uttsi import UTTSI
 
 STRATEGIES: dict[str, type[Inference]] = {
@@ -48,8 +48,9 @@ def frequency_index(dataset: EncodedDataset, options: IndexOptions,
 
 
 def make_inference(options: InferenceOptions, bf16: bool = False,
-                   index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = ()) -> Inference:
-    return STRATEGIES[options.strategy](options, bf16, index, members)
+                   index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = (),
+                   imputer: Imputer | None = None) -> Inference:
+    return STRATEGIES[options.strategy](options, bf16, index, members, imputer)
 
 
 def predict_with(strategy: Inference, model: CTRModel, split: EncodedSplit
@@ -94,10 +95,11 @@ def latency(strategy: Inference, model: CTRModel, split: EncodedSplit, requests:
 def evaluate_inference(model: CTRModel, dataset: EncodedDataset, options: InferenceOptions,
                        splits: tuple[str, ...] = ("valid", "test"), measure_latency: bool = True,
                        index_folder: Path | None = None, bf16: bool = False,
-                       members: list[CTRModel] | tuple = ()) -> dict[str, Any]:
+                       members: list[CTRModel] | tuple = (),
+                       imputer: Imputer | None = None) -> dict[str, Any]:
     """Fit the strategy on valid, then score the splits: metrics + avg_cost (+ latency).
     `index_folder` keeps the FrequencyIndex between calls; `members` are the other models of
-    an ensemble (same encoder)."""
+    an ensemble (same encoder); `imputer` the pre-trained denoiser (uttsi impute: denoiser)."""
     model.eval()
     for member in members:
         member.eval()
@@ -105,7 +107,7 @@ def evaluate_inference(model: CTRModel, dataset: EncodedDataset, options: Infere
     set_neutral_mode(model, options.neutral or own_neutral)
     uses_index = STRATEGIES[options.strategy].uses_index
     index = frequency_index(dataset, options.index, index_folder) if uses_index else None
-    strategy = make_inference(options, bf16, index, members)
+    strategy = make_inference(options, bf16, index, members, imputer)
     started = time.perf_counter()
     strategy.fit(model, dataset.splits["valid"])
     result: dict[str, Any] = {"inference": options.label(), "strategy": options.describe(),

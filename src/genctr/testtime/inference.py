@@ -16,7 +16,7 @@ trigger threshold for a cost budget), then composes with any CTRModel through `d
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -36,6 +36,13 @@ from genctr.testtime.confidence import MIN_COUNT_GRID, Confidence, ConfidenceOpt
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.paths import (path_weights, sample_confidence_paths, sample_random_paths,
                                    tile_batch)
+
+class Imputer(Protocol):
+    """Proposes values for masked fields (genctr.pretrain.imputer builds one from a pre-training)."""
+
+    def impute(self, batch: Batch, masked: torch.Tensor, top_k: int
+               ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]: ...
+
 
 Strategy = Literal["plain", "temperature", "matt", "random", "mcdropout", "uttsi", "ensemble",
                    "selective_ensemble"]
@@ -61,6 +68,13 @@ class InferenceOptions(Strict):
     members: int = Field(2, ge=2, description="ensemble, selective_ensemble: models averaged, this "
                          "one included (the others: evaluate --members, or an experiment cell's next seeds)")
     average: Literal["logit", "probability"] = Field("logit", description="ensemble: what is averaged")
+    impute: Literal["neutral", "denoiser"] = Field(
+        "neutral", description="uttsi: the explored paths of an uncertain instance give its "
+        "filtered (low-confidence) id and categorical fields values sampled from the pre-trained "
+        "denoiser's prediction given the other fields, instead of dropping more fields (a run "
+        "fine-tuned from a backbone pre-training with objective mfp)")
+    impute_top_k: int = Field(10, ge=1, description="impute denoiser: sample among the k most "
+                              "probable values")
     max_paths: int = Field(8, ge=1, description="uttsi: most extra paths one instance gets")
     filter_threshold: float = Field(0.1, ge=0, le=1, description="uttsi: drop features with a "
                                     "confidence below this, for every instance")
@@ -108,11 +122,16 @@ class Inference:
     uses_index = False
 
     def __init__(self, options: InferenceOptions, bf16: bool = False,
-                 index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = ()) -> None:
+                 index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = (),
+                 imputer: Imputer | None = None) -> None:
         self.options = options
         self.bf16 = bf16
         self.index = index
         self.members = list(members)  # other models (ensembles); each in eval mode
+        self.imputer = imputer
+        if options.impute == "denoiser" and (imputer is None or options.strategy != "uttsi"):
+            raise ConfigError("inference impute: denoiser is a uttsi option and needs the run's "
+                              "pre-trained denoiser (a run fine-tuned from a pre-training)")
         self.confidence_options = options.confidence  # fit() may fill in min_count
         self.generator = torch.Generator().manual_seed(options.seed)
         if self.uses_index and index is None:

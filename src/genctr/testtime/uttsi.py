@@ -9,6 +9,12 @@ K = ceil(max_paths·(u − τ)/(1 − τ)) extra confidence-sampled paths (K gro
 with the filtered pass by consistency: weight exp(−|p − median p| / temperature). τ is fitted on
 the validation split so that the average cost, 1 + mean K, meets the budget, and refitted on the
 recent rows while scoring so that it still does on test (genctr.testtime.budget).
+
+Generative paths (`impute: denoiser`, none of the three papers has them): instead of dropping
+more fields, each of an explored instance's K paths gives its filtered id and categorical fields
+a value sampled from the pre-trained denoiser's top-k proposal given the other fields (a cold
+user's unknown id becomes users like the one its gender, age, occupation, zip and history
+describe); the paths are aggregated the same way.
 """
 
 from __future__ import annotations
@@ -16,11 +22,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genctr.data.batches import iterate_batches
+from genctr.data.batches import Batch, iterate_batches
 from genctr.testtime.budget import BudgetController
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.inference import Inference
-from genctr.testtime.paths import sample_confidence_paths
+from genctr.testtime.paths import sample_confidence_paths, tile_batch
 
 
 def uncertainty(logits: torch.Tensor, conf: Confidence) -> np.ndarray:
@@ -69,12 +75,18 @@ class UTTSI(Inference):
     def _explore(self, model, batch, conf, base, first, explored, paths) -> torch.Tensor:
         """Aggregated probabilities of the explored instances (their K paths + the filtered one)."""
         most = int(paths.max())
-        drops = sample_confidence_paths(conf.take(explored), self.index, most, self.generator,
-                                        base_drop=base[explored])  # [most, n, F]
         used = torch.from_numpy(np.arange(most)[:, None] < paths[None, :])  # [most, n]
         path_of, member = used.nonzero(as_tuple=True)
         rows = torch.from_numpy(explored)[member]
-        logits = self.logits(model, batch.take(rows), drops[path_of, member])
+        if self.imputer is not None:
+            path_batch, path_drop = self._imputed_paths(batch.take(torch.from_numpy(explored)),
+                                                        base[explored], most, model)
+            flat = path_of * len(explored) + member  # path-major, as tile_batch lays them out
+            logits = self.logits(model, path_batch.take(flat), path_drop[flat])
+        else:
+            drops = sample_confidence_paths(conf.take(explored), self.index, most, self.generator,
+                                            base_drop=base[explored])  # [most, n, F]
+            logits = self.logits(model, batch.take(rows), drops[path_of, member])
         table = torch.full((len(explored), most + 1), float("nan"))
         table[:, 0] = first[explored]
         table[member, path_of + 1] = torch.sigmoid(logits)
@@ -83,3 +95,21 @@ class UTTSI(Inference):
         weights = torch.nan_to_num(weights, nan=0.0)
         aggregate = (weights * torch.nan_to_num(table)).sum(1) / weights.sum(1)
         return self.options.mix * aggregate + (1 - self.options.mix) * first[explored]
+
+    def _imputed_paths(self, batch: Batch, filtered: torch.Tensor, paths: int, model
+                       ) -> tuple[Batch, torch.Tensor]:
+        """`paths` copies of the batch (path-major) in which every filtered field the denoiser
+        can impute holds a value sampled from its top-k proposal given the other fields, and
+        the drop mask [paths·B, F] of the filtered fields it cannot impute."""
+        proposals = self.imputer.impute(batch, filtered, self.options.impute_top_k)
+        tiled = tile_batch(batch, paths)
+        drop = filtered.repeat(paths, 1)
+        tokens = dict(tiled.tokens)
+        for name, (values, probabilities) in proposals.items():
+            position = model.embedding.field_index(name)
+            draws = torch.multinomial(probabilities.repeat(paths, 1), 1, generator=self.generator)
+            sampled = values.repeat(paths, 1).gather(1, draws).squeeze(1)
+            where = drop[:, position]
+            tokens[name] = torch.where(where, sampled.to(tokens[name].dtype), tokens[name])
+            drop[:, position] = False
+        return Batch(tokens, tiled.values, tiled.label, tiled.group), drop
