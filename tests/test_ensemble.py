@@ -82,7 +82,7 @@ def test_selective_ensemble_gives_the_members_to_the_uncertain_within_the_budget
         np.testing.assert_allclose(prob[rows], predict_with(reference, models[0], test)[0][rows], atol=1e-6)
 
 
-@pytest.mark.parametrize("rows_per_call", [1, 500])
+@pytest.mark.parametrize("rows_per_call", [1, 500, 8192])
 def test_budget_holds_on_data_more_uncertain_than_valid(rows_per_call):
     rng = np.random.default_rng(0)
     valid = rng.uniform(0, 0.5, 20_000)
@@ -96,10 +96,32 @@ def test_budget_holds_on_data_more_uncertain_than_valid(rows_per_call):
         chunk = shifted[start:start + rows_per_call]
         for controller in (held, fixed):
             costs[id(controller)].append(controller.allocate(chunk))
+    if rows_per_call > held.window:  # a batch larger than the window is held by itself
+        assert all(1 + c.mean() == pytest.approx(2.0, rel=0.02) for c in costs[id(held)][:-1])
     held_cost = 1 + np.concatenate(costs[id(held)]).mean()
     fixed_cost = 1 + np.concatenate(costs[id(fixed)]).mean()
     assert held_cost == pytest.approx(2.0, rel=0.02)
     assert fixed_cost > 2.5  # the threshold fitted on valid alone overshoots: the test has teeth
+
+
+def test_a_large_batch_after_an_underspent_valid_does_not_oscillate():
+    rng = np.random.default_rng(1)
+    controller = BudgetController(1.5, 1, 4096)
+    controller.fit(rng.uniform(0, 1, 10_000))
+    controller.spent -= 500  # valid left a debt of 500 passes
+    costs = [1 + controller.allocate(rng.uniform(0, 1, 32_768)).mean() for _ in range(4)]
+    assert costs[0] == pytest.approx(1.5 + 500 / 32_768, abs=1e-3)  # repaid within one batch
+    assert all(c == pytest.approx(1.5, abs=1e-3) for c in costs[1:])
+
+
+def test_a_budget_that_threshold_zero_cannot_spend_steepens_the_allocation():
+    uncertainty = np.random.default_rng(2).uniform(0, 0.2, 10_000)  # ceil(8u) <= 2: cost <= 3
+    controller = BudgetController(4.0, 8, 0)
+    controller.fit(uncertainty)
+    assert controller.threshold == 0.0 and controller.gain > 1
+    assert controller.valid_cost == pytest.approx(4.0, rel=0.02)
+    extra = controller.allocate(uncertainty)
+    assert np.all(np.diff(extra[np.argsort(uncertainty)]) >= 0)  # still grows with u
 
 
 def test_budget_one_or_an_infinite_threshold_explores_nobody():

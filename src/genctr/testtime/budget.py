@@ -2,14 +2,16 @@
 
 An instance with uncertainty u at or above the trigger threshold τ gets
 K = ceil(max_extra·(u − τ)/(1 − τ)) extra passes (1..max_extra, growing with u); the others get
-none. τ is the lowest threshold whose average cost, 1 + mean K, stays within the budget.
+none. τ is the lowest threshold whose average cost, 1 + mean K, stays within the budget; a
+budget that even τ = 0 leaves unspent steepens K's growth instead (gain > 1).
 
 Fitting τ once on valid does not hold the budget on test when the two differ (ml1m-ctr's test
 split has more cold users, so more uncertain rows: UTTSI@2.0 cost 2.09 there). The controller
 therefore refits τ on the most recent `window` uncertainties, the rows being scored included (a
 large batch is held at the budget by itself, a stream of single-row requests by its recent past),
 and aims the refit at the budget minus what it has overspent so far, spread over the next
-`window` rows (so the lag of the window after a shift is paid back). Only uncertainties are
+`window` rows or the current batch if larger (so the lag of the window after a shift is paid
+back, without oscillating). Only uncertainties are
 used, never labels.
 """
 
@@ -22,12 +24,14 @@ import numpy as np
 REFIT_ROWS = 64  # refit τ after at least this many new rows (single-row requests stay cheap)
 
 
-def extra_paths(uncertainty: np.ndarray, threshold: float, max_extra: int) -> np.ndarray:
-    """int [N]: 0 below the threshold, else 1..max_extra growing with the uncertainty."""
+def extra_paths(uncertainty: np.ndarray, threshold: float, max_extra: int,
+                gain: float = 1.0) -> np.ndarray:
+    """int [N]: 0 below the threshold, else 1..max_extra growing with the uncertainty (`gain` > 1
+    steepens the growth, for budgets that τ = 0 alone cannot spend)."""
     if math.isinf(threshold):
         return np.zeros(len(uncertainty), dtype=np.int64)
     span = max(1.0 - threshold, 1e-9)
-    paths = np.clip(np.ceil(max_extra * (uncertainty - threshold) / span), 1, max_extra)
+    paths = np.clip(np.ceil(gain * max_extra * (uncertainty - threshold) / span), 1, max_extra)
     return np.where(uncertainty >= threshold, paths, 0).astype(np.int64)
 
 
@@ -45,6 +49,21 @@ def fit_threshold(uncertainty: np.ndarray, budget: float, max_extra: int) -> flo
     return high
 
 
+def fit_allocation(uncertainty: np.ndarray, budget: float, max_extra: int) -> tuple[float, float]:
+    """(τ, gain): τ from fit_threshold; where even τ = 0 leaves budget unspent (everyone explored,
+    most with few extra passes), the largest gain whose cost stays within the budget."""
+    threshold = fit_threshold(uncertainty, budget, max_extra)
+    cost = lambda g: 1 + extra_paths(uncertainty, 0.0, max_extra, g).mean()  # noqa: E731
+    if threshold != 0.0 or cost(1.0) >= budget or len(uncertainty) == 0:
+        return threshold, 1.0
+    positive = uncertainty[uncertainty > 0]
+    low, high = 1.0, 1.0 / max(float(positive.min()), 1e-9) if len(positive) else 1.0
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if cost(middle) <= budget else (low, middle)
+    return 0.0, low
+
+
 class BudgetController:
     """Extra passes per instance from its uncertainty, the average held at `budget`.
 
@@ -52,7 +71,7 @@ class BudgetController:
 
     def __init__(self, budget: float, max_extra: int, window: int) -> None:
         self.budget, self.max_extra, self.window = budget, max_extra, window
-        self.threshold = math.inf
+        self.threshold, self.gain = math.inf, 1.0
         self.valid_cost = 1.0
         self.recent = np.zeros(0)
         self.since_refit = 0
@@ -60,8 +79,8 @@ class BudgetController:
 
     def fit(self, uncertainty: np.ndarray) -> None:
         """τ from the validation split's uncertainties; they also seed the window."""
-        self.threshold = fit_threshold(uncertainty, self.budget, self.max_extra)
-        self.valid_cost = float(1 + extra_paths(uncertainty, self.threshold, self.max_extra).mean())
+        self.threshold, self.gain = fit_allocation(uncertainty, self.budget, self.max_extra)
+        self.valid_cost = float(1 + self.extra(uncertainty).mean())
         self.recent = uncertainty[-self.window:] if self.window else np.zeros(0)
         self.since_refit = 0
         self.scored, self.spent = 0, 0.0
@@ -73,11 +92,15 @@ class BudgetController:
             self.since_refit += len(uncertainty)
             if self.since_refit >= min(REFIT_ROWS, len(self.recent)):
                 overspent = self.spent - self.budget * self.scored
-                aim = min(max(self.budget - overspent / self.window, 1.0), 1.0 + self.max_extra)
-                self.threshold = fit_threshold(self.recent, aim, self.max_extra)
+                horizon = max(self.window, len(uncertainty))  # a big batch repays at once
+                aim = min(max(self.budget - overspent / horizon, 1.0), 1.0 + self.max_extra)
+                self.threshold, self.gain = fit_allocation(self.recent, aim, self.max_extra)
                 self.since_refit = 0
             self.recent = self.recent[-self.window:]
-        extra = extra_paths(uncertainty, self.threshold, self.max_extra)
+        extra = self.extra(uncertainty)
         self.scored += len(extra)
         self.spent += float(len(extra) + extra.sum())
         return extra
+
+    def extra(self, uncertainty: np.ndarray) -> np.ndarray:
+        return extra_paths(uncertainty, self.threshold, self.max_extra, self.gain)

@@ -120,7 +120,8 @@ def evaluate_inference(model: CTRModel, dataset: EncodedDataset, options: Infere
         result[name] |= {"avg_cost": float(cost.mean()), "max_cost": float(cost.max()),
                          "seconds": time.perf_counter() - started}
     if isinstance(strategy, (UTTSI, SelectiveEnsemble)):  # threshold: the last one refitted
-        result["uttsi"] = {"threshold": strategy.budget.threshold, "valid_cost": strategy.budget.valid_cost}
+        result["uttsi"] = {"threshold": strategy.budget.threshold, "gain": strategy.budget.gain,
+                           "valid_cost": strategy.budget.valid_cost}
     if isinstance(strategy, Temperature):
         result["temperature"] = strategy.temperature
     if index is not None:
