@@ -54,7 +54,7 @@ def main() -> int:
                 config = RunConfig(data=data, model=model, output_dir=str(work), train={
                     "epochs": args.epochs, "batch_size": 4096, "learning_rate": 0.001,
                     "embedding_l2": 0.01, "seed": 1, "progress": False, "device": device,
-                    "bf16": device == "cuda"})
+                    "bf16": device == "cuda", "split_on_device": device == "cuda"})
                 started = time.perf_counter()
                 _, _, metrics = train_run(config, work / f"{task}-{name}-{device}", dataset=dataset,
                                           log=lambda line: None)

@@ -52,7 +52,7 @@ def test_training_pretraining_and_inference_on_cuda_match_cpu(small_synthetic, t
     for device in ("cpu", "cuda"):
         config = RunConfig(data=DATA, model={"name": "dcnv2", "hidden_units": [32], "dropout": 0.1},
                            train={"epochs": 2, "batch_size": 256, "seed": 1, "progress": False,
-                                  "device": device})
+                                  "device": device, "split_on_device": device == "cuda"})
         _, _, metrics[device] = train_run(config, tmp_path / device, dataset=small_synthetic,
                                           log=lambda line: None)
     assert abs(metrics["cpu"]["test"]["auc"] - metrics["cuda"]["test"]["auc"]) < 0.02
@@ -67,3 +67,27 @@ def test_training_pretraining_and_inference_on_cuda_match_cpu(small_synthetic, t
                                                    "heads": {"sampled_above": 100}})
     _, net, history = pretrain_run(pretrain, tmp_path / "pre", dataset=small_synthetic, log=lambda line: None)
     assert np.isfinite(list(history[-1]["field_loss"].values())).all()
+
+
+def test_a_resident_train_split_gives_the_same_batches_and_weights(small_synthetic, tmp_path, monkeypatch):
+    from genctr.data.batches import iterate_batches, whole_split
+    from genctr.runs import train_run
+
+    train = small_synthetic.splits["train"]
+    resident = Runtime.create("cpu").resident(train, "train split", log=print)
+    for a, b in zip(iterate_batches(train, 512, shuffle=True, seed=3),
+                    iterate_batches(resident, 512, shuffle=True, seed=3), strict=True):
+        assert torch.equal(a.label, b.label) and all(torch.equal(a.tokens[k], b.tokens[k]) for k in a.tokens)
+    weights = {}
+    for on_device in (False, True):
+        config = RunConfig(data=DATA, model={"name": "dnn", "hidden_units": [16], "dropout": 0.1},
+                           train={"epochs": 2, "batch_size": 256, "seed": 1, "progress": False,
+                                  "split_on_device": on_device})
+        run, _, _ = train_run(config, tmp_path / str(on_device), dataset=small_synthetic, log=lambda line: None)
+        weights[on_device] = run.model.state_dict()
+    assert all(torch.equal(weights[False][k], weights[True][k]) for k in weights[False])
+    notes = []
+    import genctr.runtime as runtime
+    monkeypatch.setattr(runtime.os, "sysconf", lambda name: 1)  # no free memory: it stays put
+    assert Runtime.create("cpu").resident(train, "train split", notes.append) is train
+    assert "does not fit" in notes[0] and isinstance(whole_split(train).label, torch.Tensor)

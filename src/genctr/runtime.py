@@ -10,6 +10,7 @@ the Runtime says so once.
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from genctr.data.batches import Batch
+from genctr.data.batches import Batch, whole_split
+from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -85,6 +87,21 @@ class Runtime:
     def move(self, batch: Batch) -> Batch:
         """The batch on this device (unchanged on CPU)."""
         return move_batch(batch, self.device)
+
+    def resident(self, split: EncodedSplit, what: str, log: Callable[[str], None]) -> EncodedSplit | Batch:
+        """The whole split as one Batch on this device when it takes at most half the device's
+        free memory (host memory for the CPU); else the split itself, with a note."""
+        columns = [*split.tokens.values(), *split.values.values(), split.label]
+        size = sum(c.nbytes for c in columns) + (0 if split.group is None else split.group.nbytes)
+        if self.is_cuda:
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if size > free / 2:
+            log(f"note: the {what} ({size / 2 ** 20:,.0f} MiB) does not fit in half the free "
+                f"memory of {self.device} ({free / 2 ** 20:,.0f} MiB); batches are copied from the host")
+            return split
+        return move_batch(whole_split(split), self.device)
 
 
 def move_batch(batch: Batch, device: torch.device) -> Batch:

@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from genctr.data.batches import batch_of, iterate_batches
+from genctr.data.batches import Batch, batch_of, iterate_batches
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
@@ -64,6 +64,10 @@ class TrainConfig(Strict):
                                  "test-time drops are familiar (then no longer training-free)")
     seed: int = 2024
     compile: bool = False
+    split_on_device: bool = Field(False, description="keep the whole encoded train split on the "
+                                  "training device when it fits in half its free memory (batches "
+                                  "gathered there by index, no host copies per step); else a note "
+                                  "and batches copied from the host as usual")
     device: str = Field("auto", pattern=f"^({DEVICE_PATTERN})$", description=DEVICE_HELP)
     bf16: bool = False
     threads: int | None = Field(None, ge=1)
@@ -193,9 +197,10 @@ class Trainer:
             self.log(f"resumed after epoch {state.epoch} (best {cfg.monitor} "
                      f"{state.best_metric:.5f} at epoch {state.best_epoch})")
         forward = torch.compile(model) if cfg.compile else model
+        source = self.runtime.resident(train, "train split", self.log) if cfg.split_on_device else train
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
             epoch = state.epoch
-            train_loss, seconds = self._train_epoch(forward, model, optimizer, train, state)
+            train_loss, seconds = self._train_epoch(forward, model, optimizer, source, state)
             valid_prob = predict_split(model, valid, cfg.eval_batch_size, cfg.bf16)
             metrics = {"auc": auc(valid.label, valid_prob), "logloss": logloss(valid.label, valid_prob)}
             improved = _is_better(metrics[cfg.monitor], state.best_metric, cfg.monitor)
@@ -222,7 +227,7 @@ class Trainer:
         return state
 
     def _train_epoch(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
-                     train: EncodedSplit, state: TrainState) -> tuple[float, float]:
+                     train: EncodedSplit | Batch, state: TrainState) -> tuple[float, float]:
         cfg = self.config
         epoch = state.epoch
         guard = DivergenceGuard(state.first_loss)

@@ -51,12 +51,24 @@ def batch_of(split: EncodedSplit, rows: np.ndarray | slice) -> Batch:
     return Batch(take(split.tokens), take(split.values), tensor(split.label), group)
 
 
-def iterate_batches(split: EncodedSplit, batch_size: int, shuffle: bool = False,
+def whole_split(split: EncodedSplit) -> Batch:
+    """Every row of a split as one Batch (to keep it resident on a device, `train.split_on_device`)."""
+    return batch_of(split, slice(0, len(split)))
+
+
+def iterate_batches(split: EncodedSplit | Batch, batch_size: int, shuffle: bool = False,
                     seed: int = 0, drop_last: bool = False) -> Iterator[Batch]:
-    """Mini-batches in row order, or shuffled by a generator seeded with `seed`."""
+    """Mini-batches in row order, or shuffled by a generator seeded with `seed`. From a resident
+    Batch (whole_split) they are gathered where it lives, in the same order as from the split."""
     n = len(split)
     order = np.random.default_rng(seed).permutation(n) if shuffle else None
     stop = n - n % batch_size if drop_last else n
+    if isinstance(split, Batch):
+        device = split.label.device
+        index = torch.from_numpy(order).to(device) if order is not None else torch.arange(n, device=device)
+        for start in range(0, stop, batch_size):
+            yield split.take(index[start:start + batch_size])
+        return
     for start in range(0, stop, batch_size):
         end = min(start + batch_size, n)
         yield batch_of(split, order[start:end] if order is not None else slice(start, end))
