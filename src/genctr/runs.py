@@ -5,11 +5,12 @@ It loads in a fresh process (`load_run`) to evaluate or to score new raw rows (`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import polars as pl
@@ -17,6 +18,7 @@ import yaml
 
 from genctr.config import DataConfig, RunConfig
 from genctr.data.encode import FeatureEncoder
+from genctr.distributed import Distributed, current as current_distributed
 from genctr.data.encoded import EncodedSplit
 from genctr.data.raw import FILE_COLUMN, LINE_COLUMN, RawDataset
 from genctr.data.sources.base import read_table_file
@@ -118,15 +120,18 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
     The config and data are checked before any folder is touched; see genctr.rundir for what
     happens to an existing folder."""
     target = Path(folder or Path(config.output_dir) / config.run_name())
-    dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+    ranks = current_distributed(resolve_device(config.train.device))
+    log = log if ranks.is_main else (lambda line: None)
+    with ranks.main_first():  # rank 0 writes the encoded cache, the others read it
+        dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
     check_trainable(dataset)
     config = effective_config(config, dataset, log)
-    with open_run_folder(target, "train", resume, overwrite) as (work, existing):
+    with _run_folder(target, resume, overwrite, ranks) as (work, existing):
         resuming = existing and (work / CHECKPOINT).is_file()
         if resuming:
             saved = read_yaml(require_run_file(work, CONFIG_FILE, "run"))
             check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
-        else:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
+        elif ranks.is_main:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
             (work / HISTORY).unlink(missing_ok=True)
             _write_config(work, config)
             dataset.encoder.save(work / ENCODER_FILE)
@@ -143,23 +148,46 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
                 f"(label_fraction {config.train.label_fraction}, seed {config.train.seed})")
         state = Trainer(config.train, work, log).fit(model, train, dataset.splits["valid"],
                                                      resume=resuming)
-        if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
-            _write_config(work, config)
-        size = config.train.eval_batch_size
-        metrics = {split: evaluate_split(model, dataset.splits[split], size)
-                   for split in ("valid", "test")}
-        epochs = state.history
-        metrics["training"] = {
-            "epochs": len(epochs), "best_epoch": state.best_epoch,
-            "epoch_seconds": float(np.median([e["epoch_seconds"] for e in epochs])),
-            "train_samples_per_s": float(np.median([e["train_samples_per_s"] for e in epochs])),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
-        (work / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        metrics = None
+        if ranks.is_main:  # valid and test scored once, by rank 0
+            if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
+                _write_config(work, config)
+            size = config.train.eval_batch_size
+            metrics = {split: evaluate_split(model, dataset.splits[split], size)
+                       for split in ("valid", "test")}
+            epochs = state.history
+            metrics["training"] = {
+                "epochs": len(epochs), "best_epoch": state.best_epoch,
+                "epoch_seconds": float(np.median([e["epoch_seconds"] for e in epochs])),
+                "train_samples_per_s": float(np.median([e["train_samples_per_s"] for e in epochs])),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "processes": ranks.world,
+            }
+            (work / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        metrics = ranks.broadcast(metrics)
     ratio = metrics["test"]["predicted_over_observed"]
     log(f"predicted / observed click rate on test: {ratio:.3f}"
         + ("" if 0.5 <= ratio <= 2 else " (far from 1: the model is badly calibrated)"))
     return Run(target, config, dataset.encoder, model), state, metrics
+
+
+@contextlib.contextmanager
+def _run_folder(target: Path, resume: bool, overwrite: bool, ranks: Distributed
+                ) -> Iterator[tuple[Path, bool]]:
+    """open_run_folder on rank 0; the other ranks learn its folder and never write there."""
+    if not ranks.active:
+        with open_run_folder(target, "train", resume, overwrite) as opened:
+            yield opened
+        return
+    if ranks.is_main:
+        with open_run_folder(target, "train", resume, overwrite) as opened:
+            ranks.broadcast(opened)
+            yield opened
+            ranks.barrier()  # the others have finished reading before the folder is closed
+        return
+    opened = ranks.broadcast(None)
+    yield opened
+    ranks.barrier()
 
 
 def _write_config(folder: Path, config: RunConfig) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from genctr.data.batches import Batch, whole_split
 from genctr.data.encoded import EncodedSplit
+from genctr.distributed import local_device_index
 from genctr.errors import ConfigError
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -31,8 +32,10 @@ def resolve_device(spec: str) -> torch.device:
     if not re.fullmatch(DEVICE_PATTERN, spec):
         raise ConfigError(f"device {spec!r}: choose auto, cpu, cuda or cuda:N")
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(spec)
+    if device.type == "cuda" and device.index is None and local_device_index() is not None:
+        device = torch.device("cuda", local_device_index())  # a torchrun worker's own GPU
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if (device.index or 0) >= count:

@@ -30,6 +30,7 @@ from genctr.errors import DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
 from genctr.metrics import auc, logloss
 from genctr.models.base import CTRModel
+from genctr.distributed import current as current_distributed
 from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime, model_device, move_batch
 from genctr.schema import Strict
 
@@ -182,6 +183,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.log = log
         self.runtime = Runtime.create(config.device, config.bf16, log)
+        self.dist = current_distributed(self.runtime.device)
+        self.log = log if self.dist.is_main else (lambda line: None)
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
 
     # ------------------------------------------------------------------------ the loop
@@ -197,16 +200,26 @@ class Trainer:
             self.log(f"resumed after epoch {state.epoch} (best {cfg.monitor} "
                      f"{state.best_metric:.5f} at epoch {state.best_epoch})")
         forward = torch.compile(model) if cfg.compile else model
+        if self.dist.active:  # gradients all-reduced; each rank's dropout draws its own masks
+            forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.runtime.device] if self.runtime.is_cuda else None,
+                find_unused_parameters=True)  # e.g. a learned neutral embedding without drops
         source = self.runtime.resident(train, "train split", self.log) if cfg.split_on_device else train
         while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
             epoch = state.epoch
+            if self.dist.active:  # each rank its own dropout masks; a resumed epoch draws the same
+                torch.manual_seed(cfg.seed * 1009 + self.dist.rank + 7919 * epoch)
             train_loss, seconds = self._train_epoch(forward, model, optimizer, source, state)
-            valid_prob = predict_split(model, valid, cfg.eval_batch_size, cfg.bf16)
-            metrics = {"auc": auc(valid.label, valid_prob), "logloss": logloss(valid.label, valid_prob)}
+            metrics = None
+            if self.dist.is_main:  # valid scored once, by rank 0; every rank follows its verdict
+                valid_prob = predict_split(model, valid, cfg.eval_batch_size, cfg.bf16)
+                metrics = {"auc": auc(valid.label, valid_prob), "logloss": logloss(valid.label, valid_prob)}
+            metrics = self.dist.broadcast(metrics)
             improved = _is_better(metrics[cfg.monitor], state.best_metric, cfg.monitor)
             if improved:
                 state.best_metric, state.best_epoch, state.bad_epochs = metrics[cfg.monitor], epoch, 0
-                self._save_atomic(model.state_dict(), BEST_WEIGHTS)
+                if self.dist.is_main:
+                    self._save_atomic(model.state_dict(), BEST_WEIGHTS)
             else:
                 state.bad_epochs += 1
                 for group in optimizer.param_groups:
@@ -217,12 +230,15 @@ class Trainer:
                       "lr": optimizer.param_groups[0]["lr"], "improved": improved}
             state.history.append(record)
             state.epoch += 1
-            with (self.run_dir / HISTORY).open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            self._save_checkpoint(model, optimizer, state)
+            if self.dist.is_main:
+                with (self.run_dir / HISTORY).open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                self._save_checkpoint(model, optimizer, state)
+            self.dist.barrier()
             self.log(f"epoch {epoch}: loss {train_loss:.5f}, valid auc {metrics['auc']:.5f} "
                      f"logloss {metrics['logloss']:.5f}, {seconds:.1f} s "
                      f"({len(train) / seconds:,.0f} samples/s){' *' if improved else ''}")
+        self.dist.barrier()
         load_weights(model, self.run_dir / BEST_WEIGHTS)
         return state
 
@@ -238,10 +254,17 @@ class Trainer:
         with self._progress(steps, epoch) as advance:
             for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
                                          seed=cfg.seed * 100_003 + epoch):
+                rows = len(batch)
+                if self.dist.active:  # this rank's part of the global batch
+                    if rows < self.dist.world:
+                        continue  # a last batch too small to give every rank a row: skipped by all
+                    part = self.dist.shard(rows)
+                    batch = batch.take(torch.arange(part.start, part.stop))
                 batch = self.runtime.move(batch)
                 self._warm_up(optimizer, epoch * steps + batches)
                 try:
-                    value = self.train_step(forward, model, optimizer, batch).item()
+                    value = self.train_step(forward, model, optimizer, batch,
+                                            share=len(batch) / rows).item()
                     guard.check(value)
                 except TrainingDiverged as diverged:
                     kept = (f"the checkpoint after epoch {epoch - 1} is kept in {self.run_dir}"
@@ -249,10 +272,10 @@ class Trainer:
                     raise TrainingDiverged(f"training diverged: {diverged} in epoch {epoch}, batch "
                                            f"{batches}; {kept}. Lower learning_rate.") from None
                 state.first_loss = guard.first_loss
-                total += value
+                total += value * len(batch) / rows  # this rank's share of the batch mean
                 batches += 1
-                advance(len(batch))
-        return total / max(batches, 1), time.perf_counter() - started
+                advance(rows)
+        return self.dist.total(total) / max(batches, 1), time.perf_counter() - started
 
     def optimizer(self, model: CTRModel) -> torch.optim.Optimizer:
         """Adam (or AdamW) with its fused kernel (one pass per parameter, not ~10 ops; CPU and
@@ -271,9 +294,11 @@ class Trainer:
                 group["lr"] = self.config.learning_rate * (step + 1) / warmup
 
     def train_step(self, forward, model: CTRModel, optimizer: torch.optim.Optimizer,
-                   batch) -> torch.Tensor:
+                   batch, share: float = 1.0) -> torch.Tensor:
         """One optimisation step; returns the data loss (detached). Raises TrainingDiverged,
-        before touching the weights, when the objective is not finite.
+        before touching the weights, when the objective is not finite. Under DDP `share` is
+        this rank's part of the global batch: its loss is weighted by share·world, so that the
+        average DDP takes is the whole batch's mean loss.
         benchmarks/step_profile.py profiles exactly this."""
         cfg = self.config
         drop = (torch.rand(len(batch), model.embedding.num_fields, device=batch.label.device)
@@ -281,7 +306,7 @@ class Trainer:
         with self.runtime.autocast():
             logits = forward(batch, drop)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
-        objective = loss + regularization(model, cfg.embedding_l2, cfg.net_l2)
+        objective = loss * (share * self.dist.world) + regularization(model, cfg.embedding_l2, cfg.net_l2)
         apply_step(optimizer, objective, model.parameters(), cfg.grad_clip)
         return loss.detach()
 
@@ -329,6 +354,7 @@ class Trainer:
             first = str(err).strip().splitlines()[0][:160]
             raise DataError(f"{path}: the checkpoint does not fit this run's model ({first})") from None
         # history.jsonl may hold an epoch written after this checkpoint: keep the file in step
-        lines = [json.dumps(r) for r in state.history]
-        (self.run_dir / HISTORY).write_text("".join(line + "\n" for line in lines))
+        if self.dist.is_main:
+            lines = [json.dumps(r) for r in state.history]
+            (self.run_dir / HISTORY).write_text("".join(line + "\n" for line in lines))
         return state
