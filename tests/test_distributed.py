@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import torch
 import pytest
 import yaml
 
@@ -70,3 +71,35 @@ def test_a_ddp_run_resumes_to_the_same_weights(tmp_path):
     whole, part = (load_run(tmp_path / name).model.state_dict() for name in ("whole", "part"))
     for key, value in whole.items():
         np.testing.assert_array_equal(part[key].numpy(), value.numpy(), err_msg=key)
+
+
+PRETRAIN = {"data": CONFIG["data"],
+            "pretrain": {"epochs": 2, "batch_size": 256, "objective": "mfp", "seed": 3,
+                         "denoiser": {"backbone": "dnn", "backbone_options": {"hidden_units": [32]}},
+                         "balancer": {"name": "self_balancing"}, "heads": {"sampled_above": 100}}}
+
+
+def test_pretraining_under_torchrun_resumes_and_learns_like_one_process(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "genctr", "pretrain"]
+    one_epoch = PRETRAIN | {"pretrain": PRETRAIN["pretrain"] | {"epochs": 1}}
+    for name, config in (("whole", PRETRAIN), ("part", one_epoch)):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        done = subprocess.run(torchrun + [f"{name}.yaml", "--output", name], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    resumed = subprocess.run(torchrun + ["whole.yaml", "--output", "part", "--resume"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    single = subprocess.run([sys.executable, "-m", "genctr", "pretrain", "whole.yaml", "--output", "one"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stdout + single.stderr
+    from genctr.files import load_tensors
+    whole, part = (load_tensors(tmp_path / name / "pretrain.pt", "weights") for name in ("whole", "part"))
+    for key, value in whole.items():
+        assert torch.equal(part[key], value), key
+    histories = {name: [json.loads(x) for x in (tmp_path / name / "history.jsonl").read_text().splitlines()]
+                 for name in ("whole", "one")}
+    assert len(histories["whole"]) == 2
+    for field, loss in histories["one"][-1]["field_loss"].items():  # the same objective, other masks
+        assert histories["whole"][-1]["field_loss"][field] == pytest.approx(loss, rel=0.1), field

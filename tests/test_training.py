@@ -144,3 +144,40 @@ def test_warm_up_raises_the_learning_rate_linearly(tmp_path):
         trainer._warm_up(optimizer, step)
         seen.append(optimizer.param_groups[0]["lr"])
     assert seen == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+
+
+def test_batch_scoped_embedding_l2_covers_the_looked_up_rows_once(small_synthetic, tmp_path):
+    import torch
+    from torch import nn
+
+    from genctr.data.batches import batch_of
+    from genctr.models import build_model
+    from genctr.nn.embedding import field_infos
+    from genctr.train import LookupRecorder, regularization
+
+    model = build_model("dnn", field_infos(small_synthetic.encoder), {"hidden_units": [8]})
+    recorder = LookupRecorder(model)
+    model.train()
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 64))
+    model(batch)
+    table = model.embedding.tables["user_id"]
+    ids = torch.unique(batch.tokens["user_id"].long())
+    expected = sum(0.5 * m.weight[torch.unique(torch.cat(recorder.looked_up[m]))].pow(2).sum()
+                   for m in model.modules() if isinstance(m, nn.Embedding))
+    got = regularization(model, 1.0, 0.0, recorder.looked_up)
+    assert torch.allclose(got, expected)
+    assert got < regularization(model, 1.0, 0.0)  # whole tables: more rows
+    assert torch.equal(torch.unique(torch.cat(recorder.looked_up[table])), ids)
+    got.backward()
+    untouched = torch.ones(table.weight.shape[0], dtype=torch.bool)
+    untouched[ids] = False
+    assert table.weight.grad[untouched].abs().sum() == 0 and table.weight.grad[ids].abs().sum() > 0
+    model.eval()
+    recorder.clear()
+    model(batch)
+    assert not recorder.looked_up  # validation passes are not recorded
+    config = RunConfig(data=DataConfig(source="synthetic", cache_dir=None), model={"name": "dnn", "hidden_units": [8]},
+                       train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False,
+                              "embedding_l2": 0.01, "embedding_l2_scope": "batch"})
+    _, _, metrics = train_run(config, tmp_path / "run", dataset=small_synthetic, log=lambda line: None)
+    assert metrics["test"]["auc"] > 0.55

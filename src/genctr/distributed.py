@@ -13,10 +13,12 @@ evaluates valid and test, each row exactly once; the others wait, then read its 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -45,12 +47,18 @@ class Distributed:
             dist.barrier()
 
     def broadcast(self, value: Any) -> Any:
-        """Rank 0's value, on every rank (any picklable object made by genctr itself)."""
+        """Rank 0's value, on every rank: JSON through a byte tensor (nothing is ever unpickled,
+        so torch's object collectives are not used)."""
         if not self.active:
             return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        data = torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8) \
+            if self.is_main else torch.zeros(0, dtype=torch.uint8)
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        dist.broadcast(size, src=0)
+        if not self.is_main:
+            data = torch.zeros(int(size.item()), dtype=torch.uint8)
+        dist.broadcast(data, src=0)
+        return json.loads(bytes(data.numpy()).decode())
 
     def total(self, value: float) -> float:
         """The sum of `value` over the ranks."""
@@ -59,6 +67,24 @@ class Distributed:
         tensor = torch.tensor([value], dtype=torch.float64)
         dist.all_reduce(tensor)
         return float(tensor.item())
+
+    def total_array(self, values: np.ndarray) -> np.ndarray:
+        """The element-wise sum of `values` over the ranks."""
+        if not self.active:
+            return values
+        tensor = torch.from_numpy(np.asarray(values, dtype=np.float64).copy())
+        dist.all_reduce(tensor)
+        return tensor.numpy()
+
+    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Replace each gradient by its mean over the ranks (for a step that does not go
+        through DistributedDataParallel's forward, e.g. pre-training's losses())."""
+        if not self.active:
+            return
+        for parameter in parameters:
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= self.world
 
     @contextlib.contextmanager
     def main_first(self) -> Iterator[None]:

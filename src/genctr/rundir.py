@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Literal
 
+from genctr.distributed import Distributed
 from genctr.errors import ConfigError, DataError
 from genctr.files import exclusive_lock
 from genctr.provenance import now_iso
@@ -95,6 +96,26 @@ def open_run_folder(target: str | Path, kind: Kind, resume: bool = False,
     with exclusive_lock(target / LOCK, f"run folder {target}"):
         _write_marker(target, kind)
         yield target, False
+
+
+@contextlib.contextmanager
+def open_run_folder_on_ranks(target: str | Path, kind: Kind, resume: bool, overwrite: bool,
+                             ranks: Distributed) -> Iterator[tuple[Path, bool]]:
+    """open_run_folder on rank 0 of a torchrun group; the other ranks learn its folder (to read
+    its checkpoint and weights) and never write there. A single process: open_run_folder."""
+    if not ranks.active:
+        with open_run_folder(target, kind, resume, overwrite) as opened:
+            yield opened
+        return
+    if ranks.is_main:
+        with open_run_folder(target, kind, resume, overwrite) as (folder, existing):
+            ranks.broadcast([str(folder), existing])
+            yield folder, existing
+            ranks.barrier()  # the others have finished reading before the folder is closed
+        return
+    folder, existing = ranks.broadcast(None)
+    yield Path(folder), existing
+    ranks.barrier()
 
 
 def require_run_file(folder: Path, name: str, what: str) -> Path:

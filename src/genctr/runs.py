@@ -5,12 +5,11 @@ It loads in a fresh process (`load_run`) to evaluate or to score new raw rows (`
 
 from __future__ import annotations
 
-import contextlib
 import json
 import resource
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import polars as pl
@@ -18,7 +17,7 @@ import yaml
 
 from genctr.config import DataConfig, RunConfig
 from genctr.data.encode import FeatureEncoder
-from genctr.distributed import Distributed, current as current_distributed
+from genctr.distributed import current as current_distributed
 from genctr.data.encoded import EncodedSplit
 from genctr.data.raw import FILE_COLUMN, LINE_COLUMN, RawDataset
 from genctr.data.sources.base import read_table_file
@@ -28,7 +27,7 @@ from genctr.files import check_writable
 from genctr.metrics import evaluate_predictions
 from genctr.models import CTRModel, build_model
 from genctr.nn.embedding import field_infos
-from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file
+from genctr.rundir import check_config_unchanged, open_run_folder_on_ranks, require_run_file
 from genctr.runtime import resolve_device
 from genctr.schema import OOV, PAD, FieldKind, parse_model, read_yaml
 from genctr.train import (BEST_WEIGHTS, CHECKPOINT, HISTORY, Trainer, TrainState, load_weights,
@@ -126,7 +125,7 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
         dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
     check_trainable(dataset)
     config = effective_config(config, dataset, log)
-    with _run_folder(target, resume, overwrite, ranks) as (work, existing):
+    with open_run_folder_on_ranks(target, "train", resume, overwrite, ranks) as (work, existing):
         resuming = existing and (work / CHECKPOINT).is_file()
         if resuming:
             saved = read_yaml(require_run_file(work, CONFIG_FILE, "run"))
@@ -169,25 +168,6 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
     log(f"predicted / observed click rate on test: {ratio:.3f}"
         + ("" if 0.5 <= ratio <= 2 else " (far from 1: the model is badly calibrated)"))
     return Run(target, config, dataset.encoder, model), state, metrics
-
-
-@contextlib.contextmanager
-def _run_folder(target: Path, resume: bool, overwrite: bool, ranks: Distributed
-                ) -> Iterator[tuple[Path, bool]]:
-    """open_run_folder on rank 0; the other ranks learn its folder and never write there."""
-    if not ranks.active:
-        with open_run_folder(target, "train", resume, overwrite) as opened:
-            yield opened
-        return
-    if ranks.is_main:
-        with open_run_folder(target, "train", resume, overwrite) as opened:
-            ranks.broadcast(opened)
-            yield opened
-            ranks.barrier()  # the others have finished reading before the folder is closed
-        return
-    opened = ranks.broadcast(None)
-    yield opened
-    ranks.barrier()
 
 
 def _write_config(folder: Path, config: RunConfig) -> None:

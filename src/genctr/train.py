@@ -54,6 +54,9 @@ class TrainConfig(Strict):
                                   "stay whole")
     embedding_l2: float = Field(0.0, ge=0, description="λ: + λ/2·‖table‖² per step, FuxiCTR's "
                                 "embedding_regularizer")
+    embedding_l2_scope: Literal["table", "batch"] = Field(
+        "table", description="table: the L2 over whole tables every step (FuxiCTR's); batch: over "
+        "the rows the step looked up only, so a step's cost does not grow with the tables")
     net_l2: float = Field(0.0, ge=0, description="λ/2·‖W‖² on every other weight matrix")
     grad_clip: float | None = Field(10.0, gt=0)
     monitor: Literal["auc", "logloss"] = "auc"
@@ -141,13 +144,16 @@ def predict_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536,
 
 
 def apply_step(optimizer: torch.optim.Optimizer, objective: torch.Tensor, parameters,
-               grad_clip: float | None) -> None:
+               grad_clip: float | None, after_backward: Callable[[], None] | None = None) -> None:
     """The one optimisation step of training and pre-training: a non-finite objective raises
-    TrainingDiverged before the weights are touched; then zero, backward, clip, step."""
+    TrainingDiverged before the weights are touched; then zero, backward (`after_backward`:
+    e.g. averaging gradients over processes), clip, step."""
     if not torch.isfinite(objective):
         raise TrainingDiverged(f"loss became {objective.item()}")
     optimizer.zero_grad(set_to_none=True)
     objective.backward()
+    if after_backward is not None:
+        after_backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(parameters, grad_clip)
     optimizer.step()
@@ -163,17 +169,47 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise DataError(f"{path}: the weights do not fit this run's model ({first})") from None
 
 
-def regularization(model: nn.Module, embedding_l2: float, net_l2: float) -> torch.Tensor:
-    """λ_e/2·Σ‖embedding table‖² + λ_n/2·Σ‖weight matrix‖² (biases and norms excluded)."""
+def regularization(model: nn.Module, embedding_l2: float, net_l2: float,
+                   looked_up: dict[nn.Embedding, list[torch.Tensor]] | None = None) -> torch.Tensor:
+    """λ_e/2·Σ‖embedding table‖² + λ_n/2·Σ‖weight matrix‖² (biases and norms excluded).
+    With `looked_up` (table -> the ids the step used; LookupRecorder), the embedding term covers
+    those rows only, each once."""
     total = torch.zeros((), device=model_device(model))
     if embedding_l2 == 0 and net_l2 == 0:
         return total
     for module in model.modules():
         if isinstance(module, nn.Embedding) and embedding_l2:
-            total = total + embedding_l2 / 2 * module.weight.pow(2).sum()
+            if looked_up is None:
+                weight = module.weight
+            elif module in looked_up:
+                weight = module.weight[torch.unique(torch.cat(looked_up[module]))]
+            else:
+                continue
+            total = total + embedding_l2 / 2 * weight.pow(2).sum()
         elif isinstance(module, nn.Linear) and net_l2:
             total = total + net_l2 / 2 * module.weight.pow(2).sum()
     return total
+
+
+class LookupRecorder:
+    """Records the ids every nn.Embedding of a model looks up (forward pre-hooks), for the
+    batch-scoped embedding L2; `clear()` after each step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.looked_up: dict[nn.Embedding, list[torch.Tensor]] = {}
+        self.handles = [module.register_forward_pre_hook(self._record)
+                        for module in model.modules() if isinstance(module, nn.Embedding)]
+
+    def _record(self, module: nn.Module, inputs: tuple) -> None:
+        if module.training:  # training steps only, not the validation passes between epochs
+            self.looked_up.setdefault(module, []).append(inputs[0].detach().reshape(-1))
+
+    def clear(self) -> None:
+        self.looked_up.clear()
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
 
 
 class Trainer:
@@ -184,6 +220,7 @@ class Trainer:
         self.log = log
         self.runtime = Runtime.create(config.device, config.bf16, log)
         self.dist = current_distributed(self.runtime.device)
+        self.lookups: LookupRecorder | None = None
         self.log = log if self.dist.is_main else (lambda line: None)
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
 
@@ -193,6 +230,8 @@ class Trainer:
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         model.to(self.runtime.device)  # before the optimizer: its state lives with the weights
+        self.lookups = (LookupRecorder(model) if cfg.embedding_l2 and cfg.embedding_l2_scope == "batch"
+                        else None)
         optimizer = self.optimizer(model)
         state = TrainState()
         if resume and (self.run_dir / CHECKPOINT).is_file():
@@ -239,6 +278,8 @@ class Trainer:
                      f"logloss {metrics['logloss']:.5f}, {seconds:.1f} s "
                      f"({len(train) / seconds:,.0f} samples/s){' *' if improved else ''}")
         self.dist.barrier()
+        if self.lookups is not None:
+            self.lookups.remove()
         load_weights(model, self.run_dir / BEST_WEIGHTS)
         return state
 
@@ -306,7 +347,11 @@ class Trainer:
         with self.runtime.autocast():
             logits = forward(batch, drop)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
-        objective = loss * (share * self.dist.world) + regularization(model, cfg.embedding_l2, cfg.net_l2)
+        looked_up = self.lookups.looked_up if self.lookups is not None else None
+        objective = loss * (share * self.dist.world) + regularization(model, cfg.embedding_l2,
+                                                                      cfg.net_l2, looked_up)
+        if self.lookups is not None:
+            self.lookups.clear()
         apply_step(optimizer, objective, model.parameters(), cfg.grad_clip)
         return loss.detach()
 

@@ -36,8 +36,9 @@ from genctr.pretrain.denoiser import DenoiserOptions
 from genctr.pretrain.heads import HeadOptions
 from genctr.pretrain.network import GenerativeNet
 from genctr.schema import Strict, parse_model, read_yaml
-from genctr.rundir import check_config_unchanged, open_run_folder, require_run_file, validate_run_name
-from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime
+from genctr.distributed import Distributed, current as current_distributed
+from genctr.rundir import check_config_unchanged, open_run_folder_on_ranks, require_run_file, validate_run_name
+from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime, resolve_device
 from genctr.train import DivergenceGuard, TrainingDiverged, apply_step, load_weights, seed_everything
 
 CONFIG_FILE = "config.yaml"
@@ -115,19 +116,25 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
     `resume` (to the same weights as an uninterrupted run) or replaced with `overwrite`, and
     only once the new one has succeeded (genctr.rundir)."""
     target = Path(folder or Path(config.output_dir) / config.run_name())
-    dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
-    with open_run_folder(target, "pretrain", resume, overwrite) as (work, existing):
+    ranks = current_distributed(resolve_device(config.pretrain.device))
+    log = log if ranks.is_main else (lambda line: None)
+    with ranks.main_first():  # rank 0 writes the encoded cache, the others read it
+        dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+    with open_run_folder_on_ranks(target, "pretrain", resume, overwrite, ranks) as (work, existing):
         resuming = existing and (work / CHECKPOINT_FILE).is_file()
         if resuming:
             saved = read_yaml(require_run_file(work, CONFIG_FILE, "pre-training run"))
             check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
-        net, history = _pretrain_into(work, config, dataset, log, resuming)
+        net, history = _pretrain_into(work, config, dataset, log, resuming, ranks)
     return target, net, history
 
 
 def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset,
-                   log: Callable[[str], None], resuming: bool
+                   log: Callable[[str], None], resuming: bool, ranks: Distributed = Distributed()
                    ) -> tuple[GenerativeNet | BackboneNet, list[dict]]:
+    """Under torchrun each rank takes its shard of every global batch with its own masks, the
+    gradients are averaged over the ranks (each rank's balanced loss is an estimate of the
+    batch's), the per-field statistics summed over the ranks, and rank 0 writes."""
     options = config.pretrain
     torch.set_num_threads(options.threads or os.cpu_count() or 1)
     runtime = Runtime.create(options.device, options.bf16, log)
@@ -140,9 +147,9 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
     generator = torch.Generator().manual_seed(options.seed)
     state = {"epoch": 0, "step": 0, "first_loss": None, "history": []}
     if resuming:
-        state = _load_checkpoint(folder, net, optimizer, generator, runtime)
+        state = _load_checkpoint(folder, net, optimizer, generator, runtime, rewrite_logs=ranks.is_main)
         log(f"resumed pre-training after {state['epoch']} epoch(s)")
-    else:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
+    elif ranks.is_main:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
         for stale in (HISTORY_FILE, TRAJECTORY_FILE):
             (folder / stale).unlink(missing_ok=True)
         _write_config(folder, config)
@@ -154,13 +161,22 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
         net.train()
         sums = {"loss": np.zeros(len(names)), "accuracy": np.zeros(len(names)), "count": np.zeros(len(names))}
         started = time.perf_counter()
+        if ranks.active:  # each rank its own masks and dropout; a resumed epoch draws the same
+            generator.manual_seed(options.seed * 1009 + ranks.rank + 7919 * epoch)
+            torch.manual_seed(options.seed * 2029 + ranks.rank + 7919 * epoch)
         for batch in iterate_batches(train, options.batch_size, shuffle=True, seed=options.seed * 7919 + epoch):
+            if ranks.active:
+                if len(batch) < ranks.world:
+                    continue  # too small to give every rank a row: skipped by all
+                part = ranks.shard(len(batch))
+                batch = batch.take(torch.arange(part.start, part.stop))
             batch = runtime.move(batch)
             masks = net.masks(batch, generator).to(runtime.device)  # drawn on the host generator
             with runtime.autocast():
                 loss, weights, field_losses = net.losses(batch, masks)
             try:
-                apply_step(optimizer, loss, others, options.grad_clip)
+                apply_step(optimizer, loss, others, options.grad_clip,
+                           after_backward=lambda: ranks.average_gradients(net.parameters()))
                 guard.check(float(loss.detach()))
             except TrainingDiverged as diverged:
                 kept = (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 0
@@ -172,7 +188,7 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
             sums["loss"][present] += losses[present]
             sums["accuracy"][present] += field_losses.accuracy.cpu().numpy()[present]
             sums["count"][present] += 1
-            if step % options.log_every == 0:
+            if step % options.log_every == 0 and ranks.is_main:  # rank 0's shard
                 _append(folder / TRAJECTORY_FILE, {
                     "step": step, "epoch": epoch, "loss": float(loss.detach()),
                     "field_loss": _by_name(names, losses, present),
@@ -180,6 +196,7 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
                 })
             step += 1
         seconds = time.perf_counter() - started
+        sums = {k: ranks.total_array(v) for k, v in sums.items()}
         count = np.maximum(sums["count"], 1)
         record = {"epoch": epoch, "epoch_seconds": seconds, "samples_per_s": len(train) / seconds,
                   "field_loss": _by_name(names, sums["loss"] / count, sums["count"] > 0),
@@ -187,17 +204,21 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
                   "weight": _by_name(names, net.balancer.field_weights(weights)),
                   "log_difficulty": _by_name(names, net.balancer.log_difficulties())}
         history.append(record)
-        _append(folder / HISTORY_FILE, record)
         state = {"epoch": epoch + 1, "step": step, "first_loss": guard.first_loss, "history": history}
-        save_tensors_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                             "state": state, "mask_rng": generator.get_state(),
-                             **runtime.rng_state()}, folder / CHECKPOINT_FILE)
+        if ranks.is_main:
+            _append(folder / HISTORY_FILE, record)
+            save_tensors_atomic({"net": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "state": state, "mask_rng": generator.get_state(),
+                                 **runtime.rng_state()}, folder / CHECKPOINT_FILE)
+        ranks.barrier()
         log(f"pre-training epoch {epoch}: {seconds:.1f} s; field loss " + ", ".join(
             f"{k} {v:.3f}" for k, v in record["field_loss"].items()))
-    if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
-        _write_config(folder, config)
-    save_tensors_atomic(net.state_dict(), folder / WEIGHTS_FILE)
-    write_field_summary(folder, net, history)
+    if ranks.is_main:
+        if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed
+            _write_config(folder, config)
+        save_tensors_atomic(net.state_dict(), folder / WEIGHTS_FILE)
+        write_field_summary(folder, net, history)
+    ranks.barrier()
     return net, history
 
 
@@ -206,7 +227,7 @@ def _write_config(folder: Path, config: PretrainConfig) -> None:
 
 
 def _load_checkpoint(folder: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
-                     generator: torch.Generator, runtime: Runtime) -> dict:
+                     generator: torch.Generator, runtime: Runtime, rewrite_logs: bool = True) -> dict:
     """Restore weights, optimizer, both RNGs and the loop state; history and trajectory files
     are cut back to the checkpoint (a kill mid-epoch may have appended past it)."""
     path = folder / CHECKPOINT_FILE
@@ -220,6 +241,8 @@ def _load_checkpoint(folder: Path, net: nn.Module, optimizer: torch.optim.Optimi
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0][:160]
         raise DataError(f"{path}: the checkpoint does not fit this pre-training ({first})") from None
+    if not rewrite_logs:  # a torchrun rank other than 0 reads, never writes
+        return state
     (folder / HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
     trajectory = folder / TRAJECTORY_FILE
     if trajectory.is_file():
