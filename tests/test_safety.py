@@ -155,6 +155,19 @@ def test_resume_refuses_a_changed_config_and_keeps_the_run(trained, project, cap
     assert len((trained / "history.jsonl").read_text().splitlines()) == 3
 
 
+def test_a_run_saved_before_an_option_existed_resumes_while_the_option_keeps_its_default(
+        trained, project, capsys):
+    """Experiments reuse finished runs by resuming them; an option added to genctr later must
+    not make every older run 'changed', unless the new config sets it away from its default."""
+    saved = yaml.safe_load((trained / "config.yaml").read_text())
+    del saved["train"]["split_on_device"], saved["train"]["embedding_l2_scope"]
+    (trained / "config.yaml").write_text(yaml.safe_dump(saved))
+    batch_l2 = write_config(project / "run.yaml", train__embedding_l2_scope="batch")
+    one_line_error(*genctr(capsys, "train", batch_l2, "--resume"), "train.embedding_l2_scope")
+    code, output = genctr(capsys, "train", write_config(project / "run.yaml"), "--resume")
+    assert code == 0, output
+
+
 # ------------------------------------------------------------ 4. nothing is unpickled
 class PlantsAFile:
     """Unpickling this would create a file: the proof that code ran."""

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Literal
 
+from pydantic import BaseModel, ValidationError
+
 from genctr.distributed import Distributed
 from genctr.errors import ConfigError, DataError
 from genctr.files import exclusive_lock
@@ -128,9 +130,17 @@ def require_run_file(folder: Path, name: str, what: str) -> Path:
     return path
 
 
-def check_config_unchanged(saved: dict, new: dict, may_change: set[str], where: Path) -> None:
-    """Refuse to continue a run whose config differs in anything but `may_change` keys."""
-    flat_saved, flat_new = _flatten(saved), _flatten(new)
+def check_config_unchanged(saved: dict, new: BaseModel, may_change: set[str], where: Path) -> None:
+    """Refuse to continue a run whose config differs in anything but `may_change` keys.
+
+    The saved config is read through the new config's schema first, so that an option added to
+    genctr after the run was made counts as unchanged when it keeps its default (defaults keep
+    the old behaviour); a saved config the schema no longer reads is compared as it is."""
+    try:
+        saved = type(new).model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        pass
+    flat_saved, flat_new = _flatten(saved), _flatten(new.model_dump(mode="json"))
     differing = sorted(k for k in flat_saved.keys() | flat_new.keys()
                        if flat_saved.get(k) != flat_new.get(k) and k not in may_change)
     if differing:

@@ -64,7 +64,8 @@ def evaluate_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536
 
 # keys of a run's config that may change when it is continued with --resume
 RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "train.epochs", "train.patience",
-                  "train.progress", "train.threads", "train.eval_batch_size", "train.device"}
+                  "train.progress", "train.threads", "train.eval_batch_size", "train.device",
+                  "train.split_on_device"}  # where batches live, not what they are: same weights
 MIN_VALID_POSITIVES = 100
 
 
@@ -129,7 +130,7 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
         resuming = existing and (work / CHECKPOINT).is_file()
         if resuming:
             saved = read_yaml(require_run_file(work, CONFIG_FILE, "run"))
-            check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
+            check_config_unchanged(saved, config, RESUMABLE_KEYS, work)
         elif ranks.is_main:  # a fresh start, perhaps in this run's own folder after a kill in its first epoch
             (work / HISTORY).unlink(missing_ok=True)
             _write_config(work, config)

@@ -124,7 +124,7 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
         resuming = existing and (work / CHECKPOINT_FILE).is_file()
         if resuming:
             saved = read_yaml(require_run_file(work, CONFIG_FILE, "pre-training run"))
-            check_config_unchanged(saved, config.model_dump(mode="json"), RESUMABLE_KEYS, work)
+            check_config_unchanged(saved, config, RESUMABLE_KEYS, work)
         net, history = _pretrain_into(work, config, dataset, log, resuming, ranks)
     return target, net, history
 
