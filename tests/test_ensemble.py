@@ -82,6 +82,27 @@ def test_selective_ensemble_gives_the_members_to_the_uncertain_within_the_budget
         np.testing.assert_allclose(prob[rows], predict_with(reference, models[0], test)[0][rows], atol=1e-6)
 
 
+def test_selective_ensemble_random_trigger_spends_the_same_budget_on_other_rows(small_synthetic, runs):
+    index = frequency_index(small_synthetic, IndexOptions(), runs[0].folder)
+    models = [r.model for r in runs]
+    test = small_synthetic.splits["test"]
+    costs = {}
+    for trigger in ("uncertainty", "random"):
+        options = InferenceOptions(strategy="selective_ensemble", members=2, budget=1.5, trigger=trigger,
+                                   budget_window=0)
+        strategy = make_inference(options, index=index, members=models[1:2])
+        strategy.fit(models[0], small_synthetic.splits["valid"])
+        costs[trigger] = predict_with(strategy, models[0], test)[1]
+    assert InferenceOptions(strategy="selective_ensemble", members=2, budget=1.5,
+                            trigger="random").describe() == "selective_ensemble2-random@1.5"
+    assert costs["random"].sum() == costs["uncertainty"].sum()  # the same grants, permuted
+    assert not np.array_equal(costs["random"], costs["uncertainty"])
+    plain = predict_split(models[0], test)
+    uncertainty = 1 - np.abs(2 * plain - 1)
+    granted = {t: uncertainty[c > 1].mean() for t, c in costs.items()}
+    assert granted["uncertainty"] > granted["random"]
+
+
 @pytest.mark.parametrize("rows_per_call", [1, 500, 8192])
 def test_budget_holds_on_data_more_uncertain_than_valid(rows_per_call):
     rng = np.random.default_rng(0)

@@ -50,7 +50,8 @@ class Ensemble(Inference):
 class SelectiveEnsemble(Ensemble):
     """The model for everyone; its members only for the instances UTTSI's trigger finds
     uncertain ((1 − model confidence)·(1 − frequency prior), from the plain pass), the most
-    uncertain getting the most members, within the budget."""
+    uncertain getting the most members, within the budget. `trigger: random` grants the same
+    extra members to random instances: it isolates the trigger's value from the ensemble's."""
 
     uses_index = True
 
@@ -68,6 +69,8 @@ class SelectiveEnsemble(Ensemble):
     def predict(self, model, batch: Batch):
         first = self.logits(model, batch)
         extra = self.budget.allocate(uncertainty(first, self.confidence(batch)))
+        if self.options.trigger == "random":  # control: the same grants to random instances
+            extra = extra[torch.randperm(len(extra), generator=self.generator).numpy()]
         logits = torch.full((self.options.members, len(batch)), float("nan"))
         logits[0] = first
         for position, member in enumerate(self.members):

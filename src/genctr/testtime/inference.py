@@ -79,7 +79,8 @@ class InferenceOptions(Strict):
     filter_threshold: float = Field(0.1, ge=0, le=1, description="uttsi: drop features with a "
                                     "confidence below this, for every instance")
     trigger: Literal["uncertainty", "random"] = Field(
-        "uncertainty", description="uttsi: explore the uncertain, or random instances at the same rate")
+        "uncertainty", description="uttsi, selective_ensemble: explore the uncertain, or random "
+        "instances at the same rate")
     consistency_temperature: float = Field(0.05, gt=0, description="uttsi: weight of a path = "
                                            "exp(-|p - median p| / this)")
     seed: int = 0
@@ -112,7 +113,8 @@ class InferenceOptions(Strict):
         if self.strategy == "ensemble":
             return self.label()
         if self.strategy == "selective_ensemble":
-            return self.label().replace("ensemble", f"selective_ensemble{self.members}")
+            random = "-random" if self.trigger == "random" else ""
+            return self.label().replace("ensemble", f"selective_ensemble{self.members}{random}")
         return f"{self.strategy}@{self.paths}"
 
 
