@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 REFIT_ROWS = 64  # refit τ after at least this many new rows (single-row requests stay cheap)
 
@@ -67,10 +68,14 @@ def fit_allocation(uncertainty: np.ndarray, budget: float, max_extra: int) -> tu
 class BudgetController:
     """Extra passes per instance from its uncertainty, the average held at `budget`.
 
-    window 0: τ fitted on valid is kept for every later row (the cost follows the data)."""
+    window 0: τ fitted on valid is kept for every later row (the cost follows the data).
+    shuffle: the random-trigger control; the same grants go to random instances (a permutation
+    drawn from this generator), so rate and cost stay those of the uncertainty trigger."""
 
-    def __init__(self, budget: float, max_extra: int, window: int) -> None:
+    def __init__(self, budget: float, max_extra: int, window: int,
+                 shuffle: torch.Generator | None = None) -> None:
         self.budget, self.max_extra, self.window = budget, max_extra, window
+        self.shuffle = shuffle
         self.threshold, self.gain = math.inf, 1.0
         self.valid_cost = 1.0
         self.recent = np.zeros(0)
@@ -98,6 +103,8 @@ class BudgetController:
                 self.since_refit = 0
             self.recent = self.recent[-self.window:]
         extra = self.extra(uncertainty)
+        if self.shuffle is not None:
+            extra = extra[torch.randperm(len(extra), generator=self.shuffle).numpy()]
         self.scored += len(extra)
         self.spent += float(len(extra) + extra.sum())
         return extra

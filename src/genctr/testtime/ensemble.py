@@ -17,7 +17,6 @@ import torch
 from genctr.data.batches import Batch, iterate_batches
 from genctr.errors import ConfigError
 from genctr.models.base import CTRModel
-from genctr.testtime.budget import BudgetController
 from genctr.testtime.inference import Inference
 from genctr.testtime.uttsi import uncertainty
 
@@ -57,8 +56,7 @@ class SelectiveEnsemble(Ensemble):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.budget = BudgetController(self.options.budget, self.options.members - 1,
-                                       self.options.budget_window)
+        self.budget = self.budget_controller(self.options.members - 1)
 
     def fit(self, model: CTRModel, valid) -> None:
         super().fit(model, valid)
@@ -69,8 +67,6 @@ class SelectiveEnsemble(Ensemble):
     def predict(self, model, batch: Batch):
         first = self.logits(model, batch)
         extra = self.budget.allocate(uncertainty(first, self.confidence(batch)))
-        if self.options.trigger == "random":  # control: the same grants to random instances
-            extra = extra[torch.randperm(len(extra), generator=self.generator).numpy()]
         logits = torch.full((self.options.members, len(batch)), float("nan"))
         logits[0] = first
         for position, member in enumerate(self.members):

@@ -28,6 +28,7 @@ from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.metrics import logloss
 from genctr.models.base import CTRModel
+from genctr.testtime.budget import BudgetController
 from genctr.nn.blocks import Dropout
 from genctr.nn.embedding import NeutralMode
 from genctr.schema import Strict
@@ -138,6 +139,12 @@ class Inference:
         self.generator = torch.Generator().manual_seed(options.seed)
         if self.uses_index and index is None:
             raise ConfigError(f"inference strategy '{options.strategy}' needs a FrequencyIndex")
+
+    def budget_controller(self, max_extra: int) -> BudgetController:
+        """The controller of a budgeted strategy (uttsi, selective_ensemble): its grants go to
+        the uncertain, or under `trigger: random` to random instances."""
+        shuffle = self.generator if self.options.trigger == "random" else None
+        return BudgetController(self.options.budget, max_extra, self.options.budget_window, shuffle)
 
     def fit(self, model: CTRModel, valid: EncodedSplit) -> None:
         """Learn what the strategy needs from the validation split: a value-level confidence's

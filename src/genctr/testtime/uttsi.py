@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from genctr.data.batches import Batch, iterate_batches
-from genctr.testtime.budget import BudgetController
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.inference import Inference
 from genctr.testtime.paths import sample_confidence_paths, tile_batch
@@ -40,8 +39,7 @@ class UTTSI(Inference):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.budget = BudgetController(self.options.budget, self.options.max_paths,
-                                       self.options.budget_window)
+        self.budget = self.budget_controller(self.options.max_paths)
 
     def passes_per_batch(self) -> int:
         return 1 + self.options.max_paths
@@ -64,8 +62,6 @@ class UTTSI(Inference):
         logits = self.logits(model, batch, base)
         first = torch.sigmoid(logits)
         paths = self.budget.allocate(uncertainty(logits, conf))
-        if self.options.trigger == "random":  # control: same rate and costs, random instances
-            paths = paths[torch.randperm(len(paths), generator=self.generator).numpy()]
         prob = first.clone()
         explored = np.flatnonzero(paths)
         if len(explored):
