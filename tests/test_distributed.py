@@ -49,6 +49,17 @@ def test_two_gloo_processes_train_like_one_with_the_same_global_batch(tmp_path):
     dataset = prepare(make_source("synthetic", rows=3000, users=200, items=150, seed=7), None)
     reloaded = evaluate_split(load_run(tmp_path / "two").model, dataset.splits["test"])
     assert reloaded["auc"] == pytest.approx(two["test"]["auc"], abs=1e-9)
+    # the test-time index: built per rank on its shard, merged by rank 0 = the whole split's
+    from genctr.nn.embedding import field_infos
+    from genctr.testtime.index import INDEX_FILE, FrequencyIndex
+
+    assert "frequency index built on 2 processes and merged" in ddp.stdout
+    fields = field_infos(dataset.encoder)
+    merged = FrequencyIndex.load(tmp_path / "two" / INDEX_FILE, fields)
+    whole = FrequencyIndex.build(dataset.splits["train"], fields)
+    assert merged.rows == whole.rows == len(dataset.splits["train"])
+    for order, counter in whole.counters.items():
+        np.testing.assert_array_equal(merged.counters[order].sketch.table, counter.sketch.table)
     weights_one = load_run(tmp_path / "one").model.state_dict()
     weights_two = load_run(tmp_path / "two").model.state_dict()
     for key, value in weights_one.items():

@@ -181,3 +181,97 @@ def test_batch_scoped_embedding_l2_covers_the_looked_up_rows_once(small_syntheti
                               "embedding_l2": 0.01, "embedding_l2_scope": "batch"})
     _, _, metrics = train_run(config, tmp_path / "run", dataset=small_synthetic, log=lambda line: None)
     assert metrics["test"]["auc"] > 0.55
+
+
+def test_sparse_embeddings_touch_only_the_rows_a_step_used(small_synthetic, tmp_path):
+    """train.sparse_embeddings: sparse table gradients + lazy Adam. One step leaves every row it
+    did not look up exactly as it was (dense Adam would move none either at step 1, but its
+    table-wide moments and L2 would cost a pass over the table); a run learns like dense Adam,
+    and resumes from its checkpoint."""
+    from genctr.data.batches import batch_of
+    from genctr.models import build_model
+    from genctr.nn.embedding import field_infos
+    from genctr.nn.sparse import SparseDenseAdam
+    from genctr.train import TrainConfig, TrainState
+
+    cfg = TrainConfig(sparse_embeddings=True, embedding_l2=0.01, embedding_l2_scope="batch",
+                      progress=False)
+    trainer = Trainer(cfg, tmp_path / "step", log=lambda line: None)
+    model = build_model("dnn", field_infos(small_synthetic.encoder), {"hidden_units": [8]})
+    from genctr.train import LookupRecorder
+    trainer.lookups = LookupRecorder(model)
+    optimizer = trainer.optimizer(model)
+    assert isinstance(optimizer, SparseDenseAdam)
+    table = model.embedding.tables["user_id"]
+    before = table.weight.detach().clone()
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 64))
+    model.train()
+    trainer.train_step(model, model, optimizer, batch)
+    assert table.weight.grad.is_sparse
+    used = torch.unique(batch.tokens["user_id"].long())
+    untouched = torch.ones(len(before), dtype=torch.bool)
+    untouched[used] = False
+    assert torch.equal(table.weight.detach()[untouched], before[untouched])
+    assert not torch.equal(table.weight.detach()[used], before[used])
+    trainer.run_dir.mkdir(parents=True)
+    trainer._save_checkpoint(model, optimizer, TrainState(epoch=1))
+    again = build_model("dnn", field_infos(small_synthetic.encoder), {"hidden_units": [8]})
+    resumed = trainer.optimizer(again)
+    assert trainer._load_checkpoint(again, resumed).epoch == 1
+    moments = resumed.sparse.state[again.embedding.tables["user_id"].weight]["exp_avg"]
+    assert torch.equal(moments, optimizer.sparse.state[table.weight]["exp_avg"])
+
+    def run(name, **train):
+        config = RunConfig(data=DataConfig(source="synthetic", cache_dir=None),
+                           model={"name": "dnn", "hidden_units": [16]},
+                           train={"batch_size": 256, "epochs": 2, "seed": 1, "progress": False,
+                                  "embedding_l2": 0.01, "embedding_l2_scope": "batch", **train})
+        return train_run(config, tmp_path / name, dataset=small_synthetic, log=lambda line: None)[2]
+
+    dense, sparse = run("dense"), run("sparse", sparse_embeddings=True)
+    assert sparse["test"]["auc"] > 0.6 and abs(sparse["test"]["auc"] - dense["test"]["auc"]) < 0.03
+    with pytest.raises(Exception, match="embedding_l2_scope: batch"):
+        TrainConfig(sparse_embeddings=True, embedding_l2=0.01)
+
+
+def test_resume_mid_epoch_reaches_the_same_weights(tmp_path, monkeypatch):
+    """checkpoint_every_steps: a run killed inside an epoch continues from its last step
+    checkpoint (same batch order, RNG and optimizer state) to the uninterrupted run's weights;
+    with block shuffling and prefetching on."""
+    from genctr.train import apply_step as real_step
+    import genctr.train as train_module
+
+    options = {"checkpoint_every_steps": 3, "shuffle_block_rows": 700, "prefetch": 2, "epochs": 2}
+    run, _, uninterrupted = train_run(config(tmp_path, **options), tmp_path / "full", log=quiet)
+    steps = 0
+
+    def killed_at_step_8(*args, **kwargs):
+        nonlocal steps
+        steps += 1
+        if steps == 8:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "apply_step", killed_at_step_8)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(config(tmp_path, **options), tmp_path / "killed", log=quiet)
+    monkeypatch.setattr(train_module, "apply_step", real_step)
+    lines = []
+    resumed, state, metrics = train_run(config(tmp_path, **options), tmp_path / "killed",
+                                        resume=True, log=lines.append)
+    assert any("resumed at step 6 of epoch 0" in line for line in lines)
+    assert len(state.history) == 2
+    assert metrics["test"]["auc"] == uninterrupted["test"]["auc"]
+    for a, b in zip(run.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_block_shuffle_covers_every_row_once_and_reads_block_by_block():
+    from genctr.data.batches import batch_order
+
+    order = batch_order(1000, seed=3, block_rows=128)
+    assert sorted(order.tolist()) == list(range(1000))
+    blocks = order // 128
+    assert (np.diff(blocks) != 0).sum() == 1000 // 128  # one change of block per block boundary
+    assert not np.array_equal(order, batch_order(1000, seed=4, block_rows=128))
+    assert np.array_equal(order, batch_order(1000, seed=3, block_rows=128))

@@ -104,10 +104,15 @@ def print_stats(dataset) -> None:
 
 @app.command()
 def encode(name: str, data_dir: Optional[Path] = DataDir, cache_dir: Path = CacheDir,
-           option: list[str] = Options) -> None:
-    """Encode a dataset into the cache (fit on train, transform every split)."""
+           option: list[str] = Options,
+           verify_content: bool = typer.Option(False, "--verify-content", help=(
+               "key the cache by each input file's SHA-256 (reads every byte) instead of its "
+               "path, size and modification time"))) -> None:
+    """Encode a dataset into the cache (fit on train, transform every split; `-o stream=true`
+    for a tabular source encodes chunk by chunk, out of core)."""
     started = time.perf_counter()
-    dataset = prepare(make_source(name, data_dir, **parse_options(option)), cache_dir)
+    dataset = prepare(make_source(name, data_dir, **parse_options(option)), cache_dir,
+                      verify_content=verify_content)
     console.print(f"{name}: {sum(len(s) for s in dataset.splits.values()):,} rows "
                   f"{how_prepared(dataset, time.perf_counter() - started)}")
 
@@ -179,7 +184,7 @@ def evaluate(run_dir: Path, split: list[str] = typer.Option(["valid", "test"], "
     from genctr.runs import evaluate_split, load_run
 
     run = load_run(run_dir, data_dir, device)
-    dataset = prepare(run.config.data.make_source(), run.config.data.cache_dir)
+    dataset = run.config.data.prepare()
     unknown = [s for s in split if s not in dataset.splits]
     if unknown:
         raise ConfigError(f"--split {', '.join(unknown)}: no such split; the dataset has "

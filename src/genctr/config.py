@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from genctr.data.sources import SOURCES, Source, make_source
+from genctr.data.store import EncodedDataset, prepare
 from genctr.errors import ConfigError
 import genctr.pretrain  # noqa: F401  (registers the `hetegen` model before configs name it)
 from genctr.models import model_options
@@ -16,11 +17,18 @@ from genctr.schema import Strict, parse_model, read_yaml
 from genctr.train import TrainConfig
 
 
+# data keys that may change when a run is continued: where the cache lives and how it is keyed
+# or chunked, never which rows it holds
+DATA_RESUMABLE_KEYS = {"data.cache_dir", "data.verify_content", "data.options.chunk_rows"}
+
+
 class DataConfig(Strict):
     source: str
     data_dir: str | None = None
     options: dict[str, Any] = {}
     cache_dir: str | None = ".cache/genctr"
+    verify_content: bool = Field(False, description="key the encoded cache by each input file's "
+                                 "SHA-256 instead of its path, size and modification time")
 
     @field_validator("source")
     @classmethod
@@ -31,6 +39,10 @@ class DataConfig(Strict):
 
     def make_source(self) -> Source:
         return make_source(self.source, self.data_dir, **self.options)
+
+    def prepare(self) -> EncodedDataset:
+        """The encoded splits, from the cache when they are there."""
+        return prepare(self.make_source(), self.cache_dir, verify_content=self.verify_content)
 
 
 class RunConfig(Strict):

@@ -76,6 +76,23 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.numpy()
 
+    def gather_bytes(self, data: bytes) -> list[bytes]:
+        """Every rank's bytes, in rank order, on rank 0 ([] on the others): sizes first, then
+        the payloads padded to the largest (gloo and nccl gather equal shapes only)."""
+        if not self.active:
+            return [data]
+        size = torch.tensor([len(data)], dtype=torch.int64)
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.world)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=torch.uint8)
+        padded[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else padded[:0]
+        parts = [torch.zeros(longest, dtype=torch.uint8) for _ in range(self.world)]
+        dist.all_gather(parts, padded)
+        if not self.is_main:
+            return []
+        return [bytes(part[:int(n.item())].numpy()) for part, n in zip(parts, sizes)]
+
     def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         """Replace each gradient by its mean over the ranks (for a step that does not go
         through DistributedDataParallel's forward, e.g. pre-training's losses())."""

@@ -21,7 +21,6 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from genctr.config import DataConfig, RunConfig, resolve_data_paths
-from genctr.data.store import prepare
 from genctr.errors import GenctrError
 from genctr.files import append_jsonl, check_writable, read_jsonl, results_lock
 from genctr.models import model_options
@@ -272,7 +271,7 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
         return 0
     run = load_run(run_dir)
     if task not in datasets:
-        datasets[task] = prepare(run.config.data.make_source(), run.config.data.cache_dir)
+        datasets[task] = run.config.data.prepare()
     results = Path(experiment.results)
     pretrained = pretrain_fields(run.config)
     for variant, options in todo:

@@ -62,6 +62,24 @@ def plot_gain_vs_cost(gains: dict[str, list[tuple[float, float, str]]], path: st
     return Path(path)
 
 
+def plot_scale(series: dict[str, list[tuple[int, float, float]]], path: str | Path, title: str) -> Path:
+    """Per series (tool, format, model): encode seconds (left) and training rows/s (right)
+    against the number of rows, both axes logarithmic on the left."""
+    fig, (ax_encode, ax_train) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, points in series.items():
+        points = sorted(points)
+        ax_encode.plot([n for n, _, _ in points], [e for _, e, _ in points], marker="o", label=label)
+        ax_train.plot([n for n, _, _ in points], [t for _, _, t in points], marker="o", label=label)
+    ax_encode.set(xlabel="rows", ylabel="encode seconds", title=title, xscale="log", yscale="log")
+    ax_train.set(xlabel="rows", ylabel="training rows/s (one epoch)", title="training throughput",
+                 xscale="log", ylim=(0, None))
+    ax_encode.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 LINE_STYLES = ("-", "--", ":", "-.")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from genctr.files import read_jsonl
 from genctr.metrics import paired_t_test
-from genctr.plots import plot_auc_bars, plot_gain_vs_cost, plot_training_curves
+from genctr.plots import plot_auc_bars, plot_gain_vs_cost, plot_scale, plot_training_curves
 
 HEADER = """# Benchmark results
 
@@ -54,6 +54,80 @@ def encode_section(records: list[dict]) -> str:
             f"({min(seconds):.2f}-{max(seconds):.2f}), n={len(rs)} | "
             f"{median(r['seconds_with_imports'] for r in rs):.2f} | "
             f"{median(r['peak_rss_mb'] for r in rs):,.0f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def serve_section(records: list[dict]) -> str:
+    """The load benchmark of `genctr serve` (benchmarks/serve.py), newest commit measured."""
+    if not records:
+        return ""
+    newest = records[-1]["commit"]
+    records = [r for r in records if r["commit"] == newest]
+    lines = ["## Serving: `genctr serve` under load",
+             "",
+             "Command: `.venv/bin/python benchmarks/serve.py --run RUN --data-dir ../shared/data` "
+             f"(wrk on localhost, {records[-1].get('duration_s', 60):.0f} s per cell). Commit "
+             f"`{newest}`, machine: {records[-1]['machine']}; the load generator shares the "
+             "machine's cores with the server. Model: "
+             f"{records[-1]['model']} on ml1m-ctr. UTTSI runs the torch model only.",
+             "",
+             "| backend | inference | rows/request | clients | requests/s | rows/s | p50 ms | "
+             "p99 ms | errors | server RSS MB (start → end) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['backend']} | {r['inference']} | {r['rows_per_request']} | {r['clients']} | "
+                     f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['latency_ms_p50']:.2f} | "
+                     f"{r['latency_ms_p99']:.2f} | {r['errors']} | {r['rss_start_mb']:,.0f} → "
+                     f"{r['rss_end_mb']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def scale_section(records: list[dict], plots_dir: Path) -> str:
+    """Encoding and one training epoch from 1M rows up (benchmarks/scale.py), newest commit."""
+    if not records:
+        return ""
+    newest = records[-1]["commit"]
+    records = [r for r in records if r["commit"] == newest]
+    smallest = {}
+    for r in records:
+        key = (r["tool"], r["format"], r["model"])
+        if key not in smallest or r["rows"] < smallest[key]["rows"]:
+            smallest[key] = r
+    fuxictr = {(r["rows"], r["model"]): r for r in records if r["tool"] == "fuxictr"}
+    lines = ["## Scale: out-of-core encoding and training on Criteo-shaped data",
+             "",
+             f"Command: `{records[-1]['command']}`. Commit `{newest}`, machine: "
+             f"{records[-1]['machine']}. Synthetic data with Criteo's shape (13 numeric + 26 "
+             "categorical fields, Criteo's cardinalities capped at 10M, log-uniform draws, a click "
+             "model with signal). genctr encodes with `stream: true` and trains with "
+             "`sparse_embeddings`; one epoch, batch 4096. Peak RSS is of the process tree "
+             "(VmRSS; in brackets RssAnon, without the page cache that memory-mapped columns "
+             "bring into it). `vs smallest`: training rows/s over the same tool's rows/s at its "
+             "smallest size; `encode vs FuxiCTR`: FuxiCTR's encode seconds over genctr's on the "
+             "same CSV rows.",
+             "",
+             "| tool | format | rows | model | encode s | encode rows/s | encode peak MB | "
+             "disk MB | largest vocab | train rows/s | vs smallest | train peak MB | test AUC | "
+             "encode vs FuxiCTR |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for r in sorted(records, key=lambda r: (r["tool"], r["format"], r["model"], r["rows"])):
+        base = smallest[(r["tool"], r["format"], r["model"])]
+        peer = fuxictr.get((r["rows"], r["model"]))
+        versus = (f"{peer['encode_seconds'] / r['encode_seconds']:.1f}x"
+                  if peer and r["tool"] == "genctr" and r["format"] == "csv" else "")
+        vocab = f"{r['largest_vocab']:,}" if r.get("largest_vocab") else ""
+        lines.append(
+            f"| {r['tool']} | {r['format']} | {r['rows']:,} | {r['model']} | {r['encode_seconds']:.1f} | "
+            f"{r['encode_rows_per_s']:,.0f} | {r['encode_peak_rss_mb']:,.0f} ({r['encode_peak_anon_mb']:,.0f}) | "
+            f"{r['disk_mb']:,.0f} | {vocab} | {r['train_rows_per_s']:,.0f} | "
+            f"{r['train_rows_per_s'] / base['train_rows_per_s']:.2f} | "
+            f"{r['train_peak_rss_mb']:,.0f} ({r['train_peak_anon_mb']:,.0f}) | {r['test_auc']:.4f} | {versus} |")
+        series.setdefault(f"{r['tool']} {r['format']} {r['model']}", []).append(
+            (r["rows"], r["encode_seconds"], r["train_rows_per_s"]))
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_scale(series, plots_dir / "scale.png", "encoding time")
+    lines += ["", f"![growth curve](plots/{plot.name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -373,11 +447,13 @@ def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]
 
 
 def write_results_markdown(benchmarks_dir: str | Path) -> Path:
-    """Re-render RESULTS.md from every records file (encode.jsonl and one file per task)."""
+    """Re-render RESULTS.md from every records file (encode, serve, scale, and one file per task)."""
     folder = Path(benchmarks_dir)
-    sections = [encode_section(read_jsonl(folder / "results" / "encode.jsonl"))]
+    own_sections = {"encode.jsonl": encode_section, "serve.jsonl": serve_section,
+                    "scale.jsonl": lambda records: scale_section(records, folder / "plots")}
+    sections = [render(read_jsonl(folder / "results" / name)) for name, render in own_sections.items()]
     for path in sorted((folder / "results").glob("*.jsonl")):
-        if path.name == "encode.jsonl":
+        if path.name in own_sections:
             continue
         by_task: dict[str, list[dict]] = {}
         for record in read_jsonl(path):

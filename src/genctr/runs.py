@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -15,13 +16,13 @@ import numpy as np
 import polars as pl
 import yaml
 
-from genctr.config import DataConfig, RunConfig
+from genctr.config import DATA_RESUMABLE_KEYS, DataConfig, RunConfig
 from genctr.data.encode import FeatureEncoder
 from genctr.distributed import current as current_distributed
 from genctr.data.encoded import EncodedSplit
 from genctr.data.raw import FILE_COLUMN, LINE_COLUMN, RawDataset
 from genctr.data.sources.base import read_table_file
-from genctr.data.store import EncodedDataset, prepare
+from genctr.data.store import EncodedDataset
 from genctr.errors import DataError
 from genctr.files import check_writable
 from genctr.metrics import evaluate_predictions
@@ -63,7 +64,7 @@ def evaluate_split(model: CTRModel, split: EncodedSplit, batch_size: int = 65536
 
 
 # keys of a run's config that may change when it is continued with --resume
-RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "train.epochs", "train.patience",
+RESUMABLE_KEYS = DATA_RESUMABLE_KEYS | {"name", "output_dir", "train.epochs", "train.patience",
                   "train.progress", "train.threads", "train.eval_batch_size", "train.device",
                   "train.split_on_device"}  # where batches live, not what they are: same weights
 MIN_VALID_POSITIVES = 100
@@ -123,7 +124,7 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
     ranks = current_distributed(resolve_device(config.train.device))
     log = log if ranks.is_main else (lambda line: None)
     with ranks.main_first():  # rank 0 writes the encoded cache, the others read it
-        dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+        dataset = dataset or config.data.prepare()
     check_trainable(dataset)
     config = effective_config(config, dataset, log)
     with open_run_folder_on_ranks(target, "train", resume, overwrite, ranks) as (work, existing):
@@ -148,6 +149,14 @@ def train_run(config: RunConfig, folder: str | Path | None = None, resume: bool 
                 f"(label_fraction {config.train.label_fraction}, seed {config.train.seed})")
         state = Trainer(config.train, work, log).fit(model, train, dataset.splits["valid"],
                                                      resume=resuming)
+        if ranks.active:  # while every process is up: the test-time methods' index, one shard each
+            from genctr.testtime.evaluate import frequency_index
+            from genctr.testtime.index import IndexOptions
+
+            started = time.perf_counter()
+            frequency_index(dataset, IndexOptions(), work, ranks)
+            log(f"frequency index built on {ranks.world} processes and merged "
+                f"({time.perf_counter() - started:.1f} s)")
         metrics = None
         if ranks.is_main:  # valid and test scored once, by rank 0
             if resuming:  # only now, with the checkpoint loaded: the allowed keys may have changed

@@ -24,11 +24,12 @@ from pydantic import Field, model_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from genctr.data.batches import Batch, batch_of, iterate_batches
+from genctr.data.batches import Batch, batch_of, iterate_batches, prefetched
 from genctr.data.encoded import EncodedSplit
-from genctr.errors import DataError, GenctrError
+from genctr.errors import ConfigError, DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
 from genctr.metrics import auc, logloss
+from genctr.nn.sparse import SparseDenseAdam, clip_gradients
 from genctr.models.base import CTRModel
 from genctr.distributed import current as current_distributed
 from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime, model_device, move_batch
@@ -57,6 +58,10 @@ class TrainConfig(Strict):
     embedding_l2_scope: Literal["table", "batch"] = Field(
         "table", description="table: the L2 over whole tables every step (FuxiCTR's); batch: over "
         "the rows the step looked up only, so a step's cost does not grow with the tables")
+    sparse_embeddings: bool = Field(False, description="sparse gradients for the embedding "
+                                    "tables, updated by lazy Adam (only the rows a step looked "
+                                    "up), so a step's cost does not grow with the tables; needs "
+                                    "embedding_l2_scope: batch (genctr.nn.sparse)")
     net_l2: float = Field(0.0, ge=0, description="λ/2·‖W‖² on every other weight matrix")
     grad_clip: float | None = Field(10.0, gt=0)
     monitor: Literal["auc", "logloss"] = "auc"
@@ -66,6 +71,14 @@ class TrainConfig(Strict):
     field_dropout: float = Field(0.0, ge=0, lt=1, description="probability of replacing each "
                                  "field by its neutral embedding in a training step, so that "
                                  "test-time drops are familiar (then no longer training-free)")
+    shuffle_block_rows: int | None = Field(None, ge=1, description="shuffle by blocks of this "
+                                           "many consecutive rows (blocks in a seeded order, rows "
+                                           "permuted inside each), for a train split larger than "
+                                           "memory; None: one permutation of all rows")
+    prefetch: int = Field(2, ge=0, description="batches gathered ahead by a background thread (0: off)")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="also checkpoint every so "
+                                               "many steps inside an epoch, so that --resume "
+                                               "continues mid-epoch (long epochs)")
     seed: int = 2024
     compile: bool = False
     split_on_device: bool = Field(False, description="keep the whole encoded train split on the "
@@ -82,6 +95,18 @@ class TrainConfig(Strict):
         if self.weight_decay and self.optimizer != "adamw":
             raise ValueError("weight_decay needs optimizer: adamw (Adam's coupled L2 fights its "
                              "adaptive step; use net_l2 / embedding_l2 with adam)")
+        return self
+
+    @model_validator(mode="after")
+    def _sparse_needs_row_updates(self) -> "TrainConfig":
+        if not self.sparse_embeddings:
+            return self
+        if self.embedding_l2 and self.embedding_l2_scope != "batch":
+            raise ValueError("sparse_embeddings needs embedding_l2_scope: batch (an L2 over whole "
+                             "tables touches every row at every step)")
+        if self.field_dropout:
+            raise ValueError("sparse_embeddings cannot be combined with field_dropout (a dropped "
+                             "field's neutral embedding is a mean over its whole table)")
         return self
 
 
@@ -115,6 +140,9 @@ class TrainState:
     bad_epochs: int = 0
     first_loss: float | None = None  # the divergence guard's reference
     history: list[dict[str, Any]] = field(default_factory=list)
+    step_in_epoch: int = 0  # steps of the unfinished epoch `epoch` already taken (mid-epoch checkpoint)
+    epoch_loss: float = 0.0  # their summed batch losses
+    epoch_seconds: float = 0.0  # and their time
 
 
 def seed_everything(seed: int) -> None:
@@ -155,7 +183,10 @@ def apply_step(optimizer: torch.optim.Optimizer, objective: torch.Tensor, parame
     if after_backward is not None:
         after_backward()
     if grad_clip is not None:
-        nn.utils.clip_grad_norm_(parameters, grad_clip)
+        if isinstance(optimizer, SparseDenseAdam):
+            clip_gradients(parameters, grad_clip)
+        else:
+            nn.utils.clip_grad_norm_(parameters, grad_clip)
     optimizer.step()
 
 
@@ -181,8 +212,9 @@ def regularization(model: nn.Module, embedding_l2: float, net_l2: float,
         if isinstance(module, nn.Embedding) and embedding_l2:
             if looked_up is None:
                 weight = module.weight
-            elif module in looked_up:
-                weight = module.weight[torch.unique(torch.cat(looked_up[module]))]
+            elif module in looked_up:  # a lookup, so that a sparse table gets a sparse gradient
+                weight = nn.functional.embedding(torch.unique(torch.cat(looked_up[module])),
+                                                 module.weight, sparse=module.sparse)
             else:
                 continue
             total = total + embedding_l2 / 2 * weight.pow(2).sum()
@@ -232,12 +264,18 @@ class Trainer:
         model.to(self.runtime.device)  # before the optimizer: its state lives with the weights
         self.lookups = (LookupRecorder(model) if cfg.embedding_l2 and cfg.embedding_l2_scope == "batch"
                         else None)
+        if cfg.sparse_embeddings and self.dist.active:
+            raise ConfigError("train.sparse_embeddings is not supported under torchrun yet: "
+                              "train with dense embeddings there")
         optimizer = self.optimizer(model)
         state = TrainState()
         if resume and (self.run_dir / CHECKPOINT).is_file():
             state = self._load_checkpoint(model, optimizer)
-            self.log(f"resumed after epoch {state.epoch} (best {cfg.monitor} "
-                     f"{state.best_metric:.5f} at epoch {state.best_epoch})")
+            where = (f"at step {state.step_in_epoch} of epoch {state.epoch}" if state.step_in_epoch
+                     else f"after epoch {state.epoch}")
+            best = ("" if state.best_metric is None else
+                    f" (best {cfg.monitor} {state.best_metric:.5f} at epoch {state.best_epoch})")
+            self.log(f"resumed {where}{best}")
         forward = torch.compile(model) if cfg.compile else model
         if self.dist.active:  # gradients all-reduced; each rank's dropout draws its own masks
             forward = nn.parallel.DistributedDataParallel(
@@ -289,12 +327,13 @@ class Trainer:
         epoch = state.epoch
         guard = DivergenceGuard(state.first_loss)
         model.train()
-        total, batches = 0.0, 0
+        total, batches = state.epoch_loss, state.step_in_epoch  # > 0: resumed mid-epoch
         steps = -(-len(train) // cfg.batch_size)
-        started = time.perf_counter()
+        started = time.perf_counter() - state.epoch_seconds
+        order = iterate_batches(train, cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+                                block_rows=cfg.shuffle_block_rows, start_batch=batches)
         with self._progress(steps, epoch) as advance:
-            for batch in iterate_batches(train, cfg.batch_size, shuffle=True,
-                                         seed=cfg.seed * 100_003 + epoch):
+            for batch in prefetched(order, 0 if isinstance(train, Batch) else cfg.prefetch):
                 rows = len(batch)
                 if self.dist.active:  # this rank's part of the global batch
                     if rows < self.dist.world:
@@ -316,12 +355,23 @@ class Trainer:
                 total += value * len(batch) / rows  # this rank's share of the batch mean
                 batches += 1
                 advance(rows)
+                if cfg.checkpoint_every_steps and batches % cfg.checkpoint_every_steps == 0 \
+                        and batches < steps:
+                    state.step_in_epoch, state.epoch_loss = batches, total
+                    state.epoch_seconds = time.perf_counter() - started
+                    if self.dist.is_main:
+                        self._save_checkpoint(model, optimizer, state)
+        state.step_in_epoch, state.epoch_loss, state.epoch_seconds = 0, 0.0, 0.0
         return self.dist.total(total) / max(batches, 1), time.perf_counter() - started
 
-    def optimizer(self, model: CTRModel) -> torch.optim.Optimizer:
+    def optimizer(self, model: CTRModel) -> torch.optim.Optimizer | SparseDenseAdam:
         """Adam (or AdamW) with its fused kernel (one pass per parameter, not ~10 ops; CPU and
-        CUDA have it)."""
+        CUDA have it); with sparse_embeddings, lazy Adam for the tables beside it."""
         cfg = self.config
+        if cfg.sparse_embeddings:
+            dense = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+            options = {"weight_decay": cfg.weight_decay} if cfg.optimizer == "adamw" else {}
+            return SparseDenseAdam(model, dense, cfg.learning_rate, fused=True, **options)
         if cfg.optimizer == "adamw":
             return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
                                      weight_decay=cfg.weight_decay, fused=True)

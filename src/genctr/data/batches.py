@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -56,19 +58,78 @@ def whole_split(split: EncodedSplit) -> Batch:
     return batch_of(split, slice(0, len(split)))
 
 
+def batch_order(n: int, seed: int, block_rows: int | None = None) -> np.ndarray:
+    """A seeded order of n rows: a full permutation, or with `block_rows` the blocks of that many
+    consecutive rows in a permuted order, each block's rows permuted (reads stay within one
+    block at a time: what a split larger than memory needs from the page cache)."""
+    rng = np.random.default_rng(seed)
+    if block_rows is None or block_rows >= n:
+        return rng.permutation(n)
+    starts = np.arange(0, n, block_rows)[rng.permutation(-(-n // block_rows))]
+    return np.concatenate([start + rng.permutation(min(block_rows, n - start)) for start in starts])
+
+
 def iterate_batches(split: EncodedSplit | Batch, batch_size: int, shuffle: bool = False,
-                    seed: int = 0, drop_last: bool = False) -> Iterator[Batch]:
-    """Mini-batches in row order, or shuffled by a generator seeded with `seed`. From a resident
-    Batch (whole_split) they are gathered where it lives, in the same order as from the split."""
+                    seed: int = 0, drop_last: bool = False, block_rows: int | None = None,
+                    start_batch: int = 0) -> Iterator[Batch]:
+    """Mini-batches in row order, or shuffled by a generator seeded with `seed` (`block_rows`:
+    by blocks, batch_order). `start_batch` skips the first batches of that same order without
+    reading them (a run resumed mid-epoch). From a resident Batch (whole_split) they are
+    gathered where it lives, in the same order as from the split."""
     n = len(split)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else None
+    order = batch_order(n, seed, block_rows) if shuffle else None
     stop = n - n % batch_size if drop_last else n
+    first = start_batch * batch_size
     if isinstance(split, Batch):
         device = split.label.device
         index = torch.from_numpy(order).to(device) if order is not None else torch.arange(n, device=device)
-        for start in range(0, stop, batch_size):
+        for start in range(first, stop, batch_size):
             yield split.take(index[start:start + batch_size])
         return
-    for start in range(0, stop, batch_size):
+    for start in range(first, stop, batch_size):
         end = min(start + batch_size, n)
         yield batch_of(split, order[start:end] if order is not None else slice(start, end))
+
+
+def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """The same batches, gathered `depth` ahead by a background thread, so that reading the
+    next batch's rows (numpy releases the GIL while it copies) overlaps the current step."""
+    if depth < 1:
+        yield from batches
+        return
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def fill() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+
+    worker = threading.Thread(target=fill, daemon=True, name="genctr-prefetch")
+    worker.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # the consumer stopped early (an error, a kill): let the thread end
+        stop.set()
+        while worker.is_alive():
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.1)

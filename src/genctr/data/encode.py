@@ -59,11 +59,11 @@ class FeatureEncoder:
         for spec in self.schema.fields:
             if spec.share_vocab is not None:
                 continue  # filled from the owner below
-            column = _column(frame, spec, raw, rows)
+            column = field_column(frame, spec, raw, rows)
             if spec.kind is FieldKind.numeric:
                 self.states[spec.name] = _fit_numeric(column, spec, raw, rows)
             else:
-                self.states[spec.name] = _fit_vocab(_values(column, spec, raw, rows), spec)
+                self.states[spec.name] = _fit_vocab(field_values(column, spec, raw, rows), spec)
         for spec in self.schema.fields:
             if spec.share_vocab is not None:
                 self.states[spec.name] = self.states[spec.share_vocab]
@@ -93,7 +93,7 @@ class FeatureEncoder:
         for spec in self.schema.fields:
             state = self.states[spec.name]
             if spec.kind is FieldKind.numeric:
-                value, token = _encode_numeric(_column(frame, spec, raw, rows), spec, state, raw)
+                value, token = _encode_numeric(field_column(frame, spec, raw, rows), spec, state, raw)
                 values[spec.name], tokens[spec.name] = value, token
             elif sequence_refs and spec.name in sequence_refs:
                 owner = tokens[spec.share_vocab] if spec.share_vocab in tokens else None
@@ -104,10 +104,10 @@ class FeatureEncoder:
                     )
                 tokens[spec.name], lengths[spec.name] = _gather_refs(owner, sequence_refs[spec.name])
             elif spec.is_list:
-                lists = _values(_column(frame, spec, raw, rows), spec, raw, rows)
+                lists = field_values(field_column(frame, spec, raw, rows), spec, raw, rows)
                 tokens[spec.name], lengths[spec.name] = _encode_lists(lists, spec, state)
             else:
-                tokens[spec.name] = _lookup(_values(_column(frame, spec, raw, rows), spec, raw, rows),
+                tokens[spec.name] = _lookup(field_values(field_column(frame, spec, raw, rows), spec, raw, rows),
                                             state)
         label = (_encode_label(frame, raw) if with_label
                  else np.full(frame.height, np.nan, dtype=np.float32))
@@ -155,7 +155,7 @@ class FeatureEncoder:
 
 
 # --------------------------------------------------------------------------- helpers
-def _column(frame: pl.DataFrame, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> pl.Series:
+def field_column(frame: pl.DataFrame, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> pl.Series:
     name = spec.source_column
     if name not in frame.columns:
         visible = [c for c in frame.columns if not c.startswith("__")]
@@ -165,7 +165,7 @@ def _column(frame: pl.DataFrame, spec: FieldSpec, raw: RawDataset, rows: np.ndar
     return frame[name]
 
 
-def _values(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> pl.Series:
+def field_values(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> pl.Series:
     """Categorical values as strings; list fields as List[str]. A missing value becomes ''."""
     if spec.is_list:
         if column.dtype == pl.String:
@@ -194,12 +194,24 @@ def _values(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarra
 
 
 def _fit_vocab(values: pl.Series, spec: FieldSpec) -> FieldState:
+    return vocab_state(count_values(values), spec)
+
+
+def count_values(values: pl.Series) -> pl.DataFrame:
+    """Occurrences of each value (list fields: of each item) as a frame (value, n); frames of
+    several chunks merge by summing n per value (genctr.data.stream)."""
     flat = values.explode().drop_nulls() if isinstance(values.dtype, pl.List) else values
-    counted = flat.value_counts(name="n").sort(["n", flat.name], descending=[True, False])
+    return flat.rename("value").value_counts(name="n").with_columns(pl.col("n").cast(pl.Int64))
+
+
+def vocab_state(counted: pl.DataFrame, spec: FieldSpec) -> FieldState:
+    """The vocabulary from value counts: most frequent first (ties by value), at least
+    `min_count` occurrences, at most `max_vocab` values; the rest count as OOV."""
+    counted = counted.sort(["n", "value"], descending=[True, False])
     kept = counted.filter(pl.col("n") >= spec.min_count)
     if spec.max_vocab is not None:
         kept = kept.head(spec.max_vocab)
-    vocab = kept[flat.name].to_list()
+    vocab = kept["value"].to_list()
     oov_count = int(counted["n"].sum() - kept["n"].sum())
     return FieldState(vocab=vocab, counts=[0, oov_count] + kept["n"].to_list())
 
@@ -207,6 +219,9 @@ def _fit_vocab(values: pl.Series, spec: FieldSpec) -> FieldState:
 SMALL_LOOKUP = 1024  # rows up to which a Python dict beats polars' replace_strict (serving)
 # vocabulary list id -> (that list, value -> token id); beside the states, never saved with them
 _VOCAB_INDEXES: dict[int, tuple[list, dict]] = {}
+# vocabulary list id -> (that list, its values and token ids as polars Series): converting a
+# list of millions of values on every chunk of a streamed encode would cost seconds per chunk
+_VOCAB_SERIES: dict[int, tuple[list, pl.Series, pl.Series]] = {}
 
 
 def _vocab_index(state: FieldState) -> dict:
@@ -223,8 +238,12 @@ def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
     if len(values) <= SMALL_LOOKUP:
         index = _vocab_index(state)
         return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
-    ids = np.arange(FIRST_VALUE, FIRST_VALUE + len(state.vocab or []), dtype=np.int32)
-    return values.replace_strict(state.vocab, ids, default=OOV, return_dtype=pl.Int32).to_numpy()
+    vocab = state.vocab or []
+    cached = _VOCAB_SERIES.get(id(vocab))
+    if cached is None or cached[0] is not vocab:
+        ids = pl.Series(np.arange(FIRST_VALUE, FIRST_VALUE + len(vocab), dtype=np.int32))
+        cached = _VOCAB_SERIES[id(vocab)] = (vocab, pl.Series(vocab, dtype=pl.String), ids)
+    return values.replace_strict(cached[1], cached[2], default=OOV, return_dtype=pl.Int32).to_numpy()
 
 
 def _encode_lists(lists: pl.Series, spec: FieldSpec, state: FieldState) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +265,7 @@ def _gather_refs(owner_tokens: np.ndarray, refs: np.ndarray) -> tuple[np.ndarray
     return out, valid.sum(axis=1).astype(np.int32)
 
 
-def _parse_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> np.ndarray:
+def parse_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> np.ndarray:
     """Float64 values with NaN for missing; text that is not a number follows `on_invalid`."""
     if column.dtype == pl.String:
         text = column.str.strip_chars()
@@ -272,54 +291,54 @@ def _parse_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np
     return x
 
 
-def _log_square_codes(x: np.ndarray) -> np.ndarray:
+def log_square_codes(x: np.ndarray) -> np.ndarray:
     """Criteo's winning-solution bucketing: floor(ln(x)^2) for x > 2, else the integer itself."""
     safe = np.where(x > 2, x, 3.0)
     return np.where(x > 2, np.floor(np.log(safe) ** 2), np.floor(x))
 
 
-def _transformed(x: np.ndarray, spec: FieldSpec) -> np.ndarray:
+def transformed(x: np.ndarray, spec: FieldSpec) -> np.ndarray:
     if spec.transform == "log1p":  # signed, so negative counts stay finite
         return np.sign(x) * np.log1p(np.abs(x))
     return x
 
 
 def _fit_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.ndarray) -> FieldState:
-    x = _parse_numeric(column, spec, raw, rows)
+    x = parse_numeric(column, spec, raw, rows)
     present = x[~np.isnan(x)]
     if spec.binning == "log_square":
-        state = _fit_vocab(_code_strings(_log_square_codes(present)), spec)
+        state = _fit_vocab(code_strings(log_square_codes(present)), spec)
     else:
         qs = np.linspace(0, 1, spec.bins + 1)[1:-1]
         edges = np.unique(np.quantile(present, qs)) if present.size else np.array([])
         state = FieldState(edges=edges.tolist())
-    t = _transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
+    t = transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
     if spec.transform == "standard":
         state.mean, state.std = float(t.mean()), float(t.std() or 1.0)
     if state.vocab is None:
-        tokens = _bin_tokens(x, state)
+        tokens = bin_tokens(x, state)
         state.counts = np.bincount(tokens, minlength=state.vocab_size).tolist()
     return state
 
 
-def _code_strings(codes: np.ndarray) -> pl.Series:
+def code_strings(codes: np.ndarray) -> pl.Series:
     return pl.Series("code", codes.astype(np.int64)).cast(pl.String)
 
 
-def _bin_tokens(x: np.ndarray, state: FieldState) -> np.ndarray:
+def bin_tokens(x: np.ndarray, state: FieldState) -> np.ndarray:
     bins = np.searchsorted(np.asarray(state.edges), x, side="right") + FIRST_VALUE
     return np.where(np.isnan(x), OOV, bins).astype(np.int32)
 
 
 def _encode_numeric(column: pl.Series, spec: FieldSpec, state: FieldState,
                     raw: RawDataset) -> tuple[np.ndarray, np.ndarray]:
-    x = _parse_numeric(column, spec, raw, np.arange(len(column)))
+    x = parse_numeric(column, spec, raw, np.arange(len(column)))
     if spec.binning == "log_square":
-        coded = _lookup(_code_strings(np.nan_to_num(_log_square_codes(x))), state)
+        coded = _lookup(code_strings(np.nan_to_num(log_square_codes(x))), state)
         tokens = np.where(np.isnan(x), OOV, coded).astype(np.int32)
     else:
-        tokens = _bin_tokens(x, state)
-    value = _transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
+        tokens = bin_tokens(x, state)
+    value = transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
     if spec.transform == "standard":
         value = (value - state.mean) / state.std
     return value.astype(np.float32), tokens
@@ -354,7 +373,7 @@ def _group_ids(frame: pl.DataFrame, schema: Schema, raw: RawDataset) -> np.ndarr
     """int64 [N]: a hash of each row's raw group value (the user). Not its token: every user
     unseen in train shares the OOV token, and gAUC would pool them all into one group."""
     spec = schema.field(schema.group)  # type: ignore[arg-type]
-    column = _column(frame, spec, raw, np.arange(frame.height))
+    column = field_column(frame, spec, raw, np.arange(frame.height))
     text = column.cast(pl.String) if not isinstance(column.dtype, pl.List) else column.list.join(" ")
     return text.fill_null("").hash(seed=0).to_numpy().view(np.int64)
 

@@ -39,7 +39,9 @@ class EncodedSplit:
             None if self.group is None else self.group[rows], pick(self.segments),
         )
 
-    def _columns(self) -> dict[str, np.ndarray]:
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every column by its saved name (tokens.F, values.F, lengths.F, segments.S, label,
+        group), in the order `save` numbers the files."""
         cols = {f"tokens.{k}": v for k, v in self.tokens.items()}
         cols |= {f"values.{k}": v for k, v in self.values.items()}
         cols |= {f"lengths.{k}": v for k, v in self.lengths.items()}
@@ -53,7 +55,7 @@ class EncodedSplit:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         names = []
-        for i, (name, array) in enumerate(self._columns().items()):
+        for i, (name, array) in enumerate(self.columns().items()):
             np.save(folder / f"{i}.npy", np.ascontiguousarray(array))
             names.append(name)
         (folder / "columns.json").write_text(json.dumps(names))

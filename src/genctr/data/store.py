@@ -1,8 +1,8 @@
 """Encoded-data cache: a source's splits and encoder state, keyed by schema + source files.
 
-The key hashes the schema, the source's options and each input file's content, so a changed
-schema or file never reuses a stale cache (a FuxiCTR pitfall: it silently reuses a prepared
-dataset). Entries are written to a temporary folder and renamed into place under the entry's
+The key hashes the schema, the source's options and each input file's content (a file over
+HASH_FILES_BELOW: its path, size and modification time, unless `verify_content`), so a changed schema or file never
+reuses a stale cache (a FuxiCTR pitfall: it silently reuses a prepared dataset). Entries are written to a temporary folder and renamed into place under the entry's
 lock, so an interrupted or concurrent run leaves no half-written entry; an entry that does not
 load (damaged by hand or by a full disk) is rebuilt. Columns are memory-mapped when loaded.
 """
@@ -20,11 +20,13 @@ from pathlib import Path
 from genctr.data.encode import FeatureEncoder
 from genctr.data.encoded import EncodedSplit
 from genctr.data.sources.base import Source, require_file
-from genctr.errors import GenctrError
+from genctr.data.stream import encode_streaming
+from genctr.errors import DataError, GenctrError
 from genctr.files import exclusive_lock
 
 CACHE_VERSION = 2  # 2: `group` holds a hash of the raw group value, not its token
 ENCODER_FILE = "encoder.json"
+HASH_FILES_BELOW = 64 << 20  # bytes: smaller input files are keyed by content (under 0.2 s)
 
 
 @dataclass
@@ -41,12 +43,22 @@ def file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def cache_key(source: Source) -> str:
+def file_identity(path: Path, verify_content: bool) -> dict[str, object]:
+    """What identifies an input file's content: its SHA-256 when it is small or `verify_content`
+    is set (reads every byte; catches a file rewritten with the same size and time), else its
+    path, size and modification time (a stat: instant at any size)."""
+    stat = require_file(path).stat()
+    if verify_content or stat.st_size < HASH_FILES_BELOW:
+        return {"name": path.name, "sha256": file_digest(path)}
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def cache_key(source: Source, verify_content: bool = False) -> str:
     payload = {
         "version": CACHE_VERSION,
         "identity": source.cache_identity(),
         "schema": source.schema().model_dump(mode="json"),
-        "files": [{"name": p.name, "sha256": file_digest(p)} for p in source.input_files()],
+        "files": [file_identity(p, verify_content) for p in source.input_files()],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -58,11 +70,16 @@ def encode_source(source: Source) -> EncodedDataset:
     return EncodedDataset(source.name, encoder, encoder.encode(raw))
 
 
-def prepare(source: Source, cache_dir: str | Path | None = None, mmap: bool = True) -> EncodedDataset:
-    """Encoded splits of `source`, from the cache when an entry with the same key exists."""
+def prepare(source: Source, cache_dir: str | Path | None = None, mmap: bool = True,
+            verify_content: bool = False) -> EncodedDataset:
+    """Encoded splits of `source`, from the cache when an entry with the same key exists.
+    A streaming source (`stream_splits`) is encoded chunk by chunk into the entry's files."""
     if cache_dir is None:
+        if source.stream_splits() is not None:
+            raise DataError(f"source '{source.name}': streaming encodes into the cache; set "
+                            "data.cache_dir (or --cache-dir)")
         return encode_source(source)
-    folder = Path(cache_dir) / f"{source.name}-{cache_key(source)}"
+    folder = Path(cache_dir) / f"{source.name}-{cache_key(source, verify_content)}"
     cached = _load_if_sound(folder, source.name, mmap)
     if cached is not None:
         return cached
@@ -71,12 +88,17 @@ def prepare(source: Source, cache_dir: str | Path | None = None, mmap: bool = Tr
         cached = _load_if_sound(folder, source.name, mmap)  # a concurrent writer may have won
         if cached is not None:
             return cached
-        dataset = encode_source(source)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
         try:
-            for name, split in dataset.splits.items():
-                split.save(staging / name)
-            dataset.encoder.save(staging / ENCODER_FILE)  # written last: marks a complete entry
+            streams = source.stream_splits()
+            if streams is not None:
+                encoder = encode_streaming(source.schema(), streams, staging)
+            else:
+                dataset = encode_source(source)
+                for name, split in dataset.splits.items():
+                    split.save(staging / name)
+                encoder = dataset.encoder
+            encoder.save(staging / ENCODER_FILE)  # written last: marks a complete entry
             if folder.exists():  # damaged: it is genctr's own entry, named by its key
                 shutil.rmtree(folder)
             os.replace(staging, folder)

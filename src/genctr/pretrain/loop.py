@@ -21,10 +21,10 @@ import yaml
 from pydantic import Field, field_validator
 from torch import nn
 
-from genctr.config import DataConfig, resolve_paths
+from genctr.config import DATA_RESUMABLE_KEYS, DataConfig, resolve_paths
 from genctr.data.batches import iterate_batches
 from genctr.data.encode import FeatureEncoder
-from genctr.data.store import EncodedDataset, prepare
+from genctr.data.store import EncodedDataset
 from genctr.errors import DataError
 from genctr.files import load_tensors, read_jsonl, save_tensors_atomic
 from genctr.nn.embedding import FieldInfo, field_infos
@@ -102,8 +102,8 @@ def build_network(fields: list[FieldInfo], options: PretrainOptions) -> Generati
 
 
 # keys of a pre-training's config that may change when it is continued with --resume
-RESUMABLE_KEYS = {"name", "output_dir", "data.cache_dir", "pretrain.epochs", "pretrain.threads", "pretrain.device",
-                  "pretrain.log_every"}
+RESUMABLE_KEYS = DATA_RESUMABLE_KEYS | {"name", "output_dir", "pretrain.epochs", "pretrain.threads",
+                                        "pretrain.device", "pretrain.log_every"}
 
 
 def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
@@ -119,7 +119,7 @@ def pretrain_run(config: PretrainConfig, folder: str | Path | None = None,
     ranks = current_distributed(resolve_device(config.pretrain.device))
     log = log if ranks.is_main else (lambda line: None)
     with ranks.main_first():  # rank 0 writes the encoded cache, the others read it
-        dataset = dataset or prepare(config.data.make_source(), config.data.cache_dir)
+        dataset = dataset or config.data.prepare()
     with open_run_folder_on_ranks(target, "pretrain", resume, overwrite, ranks) as (work, existing):
         resuming = existing and (work / CHECKPOINT_FILE).is_file()
         if resuming:

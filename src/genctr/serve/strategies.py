@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from genctr.data.store import prepare
 from genctr.errors import ConfigError
 from genctr.runs import Run, moved_data
 from genctr.serve.rows import RequestError
@@ -47,7 +46,7 @@ def fit_strategies(run: Run, specs: list[str], data_dir: str | Path | None = Non
     if not chosen:
         return fitted
     data = moved_data(run.config.data, Path(data_dir).resolve()) if data_dir else run.config.data
-    dataset = prepare(data.make_source(), data.cache_dir)
+    dataset = data.prepare()
     valid = dataset.splits["valid"]
     for name, options in chosen.items():
         index = (frequency_index(dataset, options.index, run.folder)

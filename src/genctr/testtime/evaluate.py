@@ -20,6 +20,7 @@ from genctr.models.base import CTRModel
 from genctr.nn.embedding import field_infos, set_neutral_mode
 from genctr.testtime.ensemble import Ensemble, SelectiveEnsemble
 from genctr.testtime.index import INDEX_FILE, FrequencyIndex, IndexOptions
+from genctr.distributed import Distributed
 from genctr.testtime.inference import (MATT, Imputer, Inference, InferenceOptions, MCDropout,
                                        RandomPaths, Temperature)
 from genctr.testtime.uttsi import UTTSI
@@ -32,19 +33,36 @@ FORWARD_ROWS = 65536  # rows per forward pass, all paths together
 
 
 def frequency_index(dataset: EncodedDataset, options: IndexOptions,
-                    folder: Path | None = None) -> FrequencyIndex:
+                    folder: Path | None = None, ranks: Distributed = Distributed()) -> FrequencyIndex:
     """The FrequencyIndex of the dataset's train split: loaded from `folder`, or built and saved
-    there (a separate file per index configuration); without a folder, built and not kept."""
+    there (a separate file per index configuration); without a folder, built and not kept.
+    Across processes (`ranks`, torchrun) each builds the index of its contiguous shard of the
+    rows, rank 0 merges the shards' indexes (sketches add exactly) and saves the result, which
+    the others then load."""
     fields = field_infos(dataset.encoder)
     default = options == IndexOptions()
     digest = hashlib.sha256(options.model_dump_json().encode()).hexdigest()[:10]
     path = None if folder is None else folder / (INDEX_FILE if default else f"frequency_index-{digest}.npz")
     if path is not None and path.is_file() and FrequencyIndex.saved_with(path, options):
         return FrequencyIndex.load(path, fields)
-    index = FrequencyIndex.build(dataset.splits["train"], fields, options)
-    if path is not None:
+    train = dataset.splits["train"]
+    if not ranks.active:
+        index = FrequencyIndex.build(train, fields, options)
+        if path is not None:
+            index.save(path)
+        return index
+    if path is None:
+        raise ValueError("an index built across processes needs a folder to share it through")
+    shard = np.array_split(np.arange(len(train)), ranks.world)[ranks.rank]
+    mine = FrequencyIndex.build(train.take(shard), fields, options)
+    parts = ranks.gather_bytes(mine.to_bytes())
+    if ranks.is_main:
+        index = FrequencyIndex.from_bytes(parts[0], fields)
+        for part in parts[1:]:
+            index.merge(FrequencyIndex.from_bytes(part, fields))
         index.save(path)
-    return index
+    ranks.barrier()
+    return FrequencyIndex.load(path, fields)
 
 
 def make_inference(options: InferenceOptions, bf16: bool = False,

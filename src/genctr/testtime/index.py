@@ -8,6 +8,7 @@ a whole behaviour sequence is almost always unique, so its count says nothing.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from itertools import combinations
@@ -189,6 +190,21 @@ class FrequencyIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> None:
+        tmp = Path(path).with_suffix(".tmp.npz")
+        np.savez(tmp, **self._arrays())
+        tmp.replace(path)
+
+    def to_bytes(self) -> bytes:
+        """The saved form in memory (to send an index between processes)."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **self._arrays())
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, fields: list[FieldInfo]) -> "FrequencyIndex":
+        return cls._from_arrays(np.load(io.BytesIO(data), allow_pickle=False), fields)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {"meta": np.frombuffer(json.dumps({
             "format": INDEX_FORMAT, "options": self.options.model_dump(), "fields": [f.name for f in self.fields],
             "all_fields": self.all_fields, "rows": self.rows,
@@ -203,9 +219,7 @@ class FrequencyIndex:
             arrays[f"o{order}_combination_reference"] = self.combination_quantiles[order]
             arrays[f"o{order}_sample"] = self.sample_keys[order]
         arrays["sample_weights"] = self.sample_weights
-        tmp = Path(path).with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)
+        return arrays
 
     @staticmethod
     def saved_with(path: str | Path, options: IndexOptions) -> bool:
@@ -215,7 +229,10 @@ class FrequencyIndex:
 
     @classmethod
     def load(cls, path: str | Path, fields: list[FieldInfo]) -> "FrequencyIndex":
-        data = np.load(path)
+        return cls._from_arrays(np.load(path, allow_pickle=False), fields)
+
+    @classmethod
+    def _from_arrays(cls, data, fields: list[FieldInfo]) -> "FrequencyIndex":
         meta = json.loads(bytes(data["meta"]).decode())
         index = cls(fields, IndexOptions.model_validate(meta["options"]))
         index.rows, index.build_seconds = meta["rows"], meta["build_seconds"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Literal, Sequence
 
 import numpy as np
 import polars as pl
@@ -56,6 +56,11 @@ class Source(ABC):
 
     @abstractmethod
     def load(self) -> RawDataset: ...
+
+    def stream_splits(self) -> "dict[str, tuple[Callable[[], Iterator[pl.DataFrame]], int]] | None":
+        """Per split, a fresh pass over its rows in chunks and its row count, when the source
+        is to be encoded out of core (genctr.data.stream); None: `load` reads it whole."""
+        return None
 
     def cache_identity(self) -> dict[str, Any]:
         """What besides the files and schema determines the rows (options, source name)."""

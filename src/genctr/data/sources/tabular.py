@@ -7,12 +7,15 @@ config `schema_file` is relative to the config file (genctr.config.resolve_paths
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import polars as pl
 from pydantic import field_validator, model_validator
 
+from genctr.data.chunks import count_rows, iter_chunks
 from genctr.data.raw import RawDataset
 from genctr.data.sources.base import Source, SplitOptions, make_splits, read_table_file
 from genctr.schema import Schema, load_schema
@@ -25,6 +28,15 @@ class TabularOptions(SplitOptions):
     valid: str | None = None
     test: str | None = None
     separator: str = ","
+    stream: bool = False  # encode out of core, chunk by chunk (needs train/valid/test files)
+    chunk_rows: int = 1_000_000  # rows per chunk when streaming
+
+    @field_validator("chunk_rows")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
 
     @field_validator("files", mode="before")
     @classmethod
@@ -36,6 +48,9 @@ class TabularOptions(SplitOptions):
         explicit = [self.train, self.valid, self.test]
         if bool(self.files) == any(explicit) or (any(explicit) and not all(explicit)):
             raise ValueError("give either 'files' or all three of 'train', 'valid', 'test'")
+        if self.stream and self.files:
+            raise ValueError("'stream: true' needs the splits as files ('train', 'valid', 'test'): "
+                             "splitting 'files' needs every row in memory")
         return self
 
 
@@ -57,6 +72,20 @@ class Tabular(Source):
 
     def schema(self) -> Schema:
         return load_schema(self._path(self.options.schema_file))
+
+    def stream_splits(self) -> dict[str, tuple[Callable[[], Iterator[pl.DataFrame]], int]] | None:
+        if not self.options.stream:
+            return None
+        opts = self.options
+        paths = {"train": opts.train, "valid": opts.valid, "test": opts.test}
+        return {name: (partial(iter_chunks, self._path(file), opts.chunk_rows, opts.separator),
+                       count_rows(self._path(file), opts.separator))
+                for name, file in paths.items()}
+
+    def cache_identity(self) -> dict[str, Any]:
+        identity = super().cache_identity()
+        identity["options"].pop("chunk_rows")  # the encoded rows do not depend on it
+        return identity
 
     def load(self) -> RawDataset:
         schema = self.schema()
