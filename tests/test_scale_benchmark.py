@@ -55,7 +55,7 @@ def test_report_renders_serve_and_scale_records(tmp_path):
         "latency_ms_p50": 8.0, "latency_ms_p99": 20.0, "errors": 0, "rows_per_s": 900.0,
         "duration_s": 60.0, "rss_start_mb": 500.0, "rss_end_mb": 510.0, **common})
     text = write_results_markdown(tmp_path).read_text()
-    assert "| genctr | csv | 5,000,000 | dnn | 50.0 |" in text
+    assert "| genctr | csv | 5,000,000 | dnn | 50.0 |" in text and "`abc` |" in text
     assert "| 0.93 |" in text  # 28k over 30k rows/s at the smallest size
     assert "3.0x" in text  # FuxiCTR's encode seconds over genctr's
     assert (tmp_path / "plots" / "scale.png").is_file()

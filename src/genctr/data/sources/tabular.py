@@ -29,7 +29,7 @@ class TabularOptions(SplitOptions):
     test: str | None = None
     separator: str = ","
     stream: bool = False  # encode out of core, chunk by chunk (needs train/valid/test files)
-    chunk_rows: int = 1_000_000  # rows per chunk when streaming
+    chunk_rows: int = 250_000  # rows per chunk when streaming (measured: leaner and faster than 1M)
 
     @field_validator("chunk_rows")
     @classmethod
