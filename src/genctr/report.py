@@ -121,7 +121,7 @@ def scale_section(records: list[dict], plots_dir: Path) -> str:
         lines.append(
             f"| {r['tool']} | {r['format']} | {r['rows']:,} | {r['model']} | {r['encode_seconds']:.1f} | "
             f"{r['encode_rows_per_s']:,.0f} | {r['encode_peak_rss_mb']:,.0f} ({r['encode_peak_anon_mb']:,.0f}) | "
-            f"{r['disk_mb']:,.0f} | {vocab} | {r['train_rows_per_s']:,.0f} | "
+            f"{'' if r['disk_mb'] != r['disk_mb'] else format(r['disk_mb'], ',.0f')} | {vocab} | {r['train_rows_per_s']:,.0f} | "
             f"{r['train_rows_per_s'] / base['train_rows_per_s']:.2f} | "
             f"{r['train_peak_rss_mb']:,.0f} ({r['train_peak_anon_mb']:,.0f}) | {r['test_auc']:.4f} | "
             f"{versus} | `{r['commit'][:7]}` |")
