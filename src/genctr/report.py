@@ -19,12 +19,17 @@ its records.
 """
 
 
+def newest_commit(records: list[dict]) -> tuple[str, list[dict]]:
+    """The commit of the last record and the records measured at it (a re-run replaces them)."""
+    newest = records[-1]["commit"]
+    return newest, [r for r in records if r["commit"] == newest]
+
+
 def encode_section(records: list[dict]) -> str:
     """Median (min-max) over repeats of the newest commit measured, per task, tool and variant."""
     if not records:
         return ""
-    newest = records[-1]["commit"]
-    records = [r for r in records if r["commit"] == newest]
+    newest, records = newest_commit(records)
     lines = ["## Encoding: raw data to encoded splits",
              "",
              "Command: `.venv/bin/python benchmarks/encode.py --data-dir ../shared/data`. "
@@ -61,8 +66,7 @@ def serve_section(records: list[dict]) -> str:
     """The load benchmark of `genctr serve` (benchmarks/serve.py), newest commit measured."""
     if not records:
         return ""
-    newest = records[-1]["commit"]
-    records = [r for r in records if r["commit"] == newest]
+    newest, records = newest_commit(records)
     lines = ["## Serving: `genctr serve` under load",
              "",
              "Command: `.venv/bin/python benchmarks/serve.py --run RUN --data-dir ../shared/data` "
