@@ -142,9 +142,7 @@ def encode_streaming(schema: Schema, splits: dict[str, tuple[Chunks, int]], fold
                         "numeric fields, whose train counts are known only after encoding; "
                         "stream: false encodes them in memory")
     encoder = fit_streaming(schema, *splits["train"])
-    for name in binned:  # counts filled from the encoded train rows below
-        encoder.states[name].counts = [0] * encoder.states[name].vocab_size
-    for name, (chunks, rows) in splits.items():
+    for name, (chunks, rows) in splits.items():  # binned fields' counts: from the train rows
         bin_counts = _write_split(encoder, chunks, rows, folder / name, binned if name == "train" else [])
         for field_name, counts in bin_counts.items():
             encoder.states[field_name].counts = counts.tolist()
