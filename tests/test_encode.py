@@ -154,3 +154,60 @@ def test_few_rows_take_the_dict_lookup_and_encode_exactly_like_many(monkeypatch)
         np.testing.assert_array_equal(many.tokens[name], polars.tokens[name], err_msg=name)
     assert (many.tokens["user_id"] == OOV).any()  # unseen users are in the comparison
     assert "_index" not in json.dumps(encoder.state_dict())  # the cache is never saved
+
+
+def _same_columns(fast, full) -> None:
+    for part in ("tokens", "values", "lengths", "segments"):
+        assert getattr(fast, part).keys() == getattr(full, part).keys(), part
+        for name, column in getattr(full, part).items():
+            np.testing.assert_array_equal(getattr(fast, part)[name], column, err_msg=f"{part} {name}")
+            assert getattr(fast, part)[name].dtype == column.dtype, f"{part} {name}"
+    assert np.isnan(fast.label).all() and fast.group is None
+
+
+def test_served_rows_take_the_python_path_and_encode_exactly_like_polars(monkeypatch):
+    """encode_rows (a request's few rows) against encode_frame: every field kind, unseen values,
+    nulls, padded numbers, both list forms (separated text, a list column), log-square codes."""
+    import polars as pl
+
+    from genctr.data.encode_fast import encode_rows
+
+    schema = {**SCHEMA, "fields": SCHEMA["fields"] + [
+        {"name": "count", "kind": "numeric", "binning": "log_square", "transform": "log1p"}]}
+    train = {**TRAIN, "count": ["0", "3", "12", "150", "", "7"]}
+    raw = raw_from_rows(schema, train)
+    encoder = FeatureEncoder(raw.schema).fit(raw)
+    rows = pl.DataFrame({
+        "user": ["a", "zz", None, "b"], "color": ["red", "purple", "blue", None],
+        "price": [" 2.5 ", "-1e3", None, ""], "tags": ["x|q|y", "", None, "z"],
+        "history": ["zz^a^b^c", "c", "", None], "count": ["12", "1E+2", "", "-4"]})
+    full = encoder.encode_frame(rows, with_label=False)
+    with monkeypatch.context() as patched:  # the polars path is not taken
+        patched.setattr(encoder, "encode_frame", lambda *args, **kwargs: pytest.fail("polars path"))
+        _same_columns(encode_rows(encoder, rows), full)
+    as_lists = rows.with_columns(
+        pl.Series("tags", [["x", "q", "y"], [], None, ["z"]], dtype=pl.List(pl.String)),
+        pl.Series("history", [["zz", "a", "b", "c"], ["c"], [], None], dtype=pl.List(pl.String)))
+    assert as_lists.schema["tags"] == pl.List(pl.String)
+    _same_columns(encode_rows(encoder, as_lists), encoder.encode_frame(as_lists, with_label=False))
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("price", "abc", "not finite numbers"),  # refused by the full path, with its usual message
+    ("price", "inf", "not finite numbers"),
+    ("tags", "x||y", "malformed list"),
+])
+def test_served_rows_the_python_path_does_not_read_get_the_full_paths_error(fitted, column, value,
+                                                                             message):
+    import polars as pl
+
+    from genctr.data.encode_fast import encode_rows
+    from genctr.errors import DataError
+
+    raw, encoder = fitted
+    rows = pl.DataFrame({name: [values[0]] for name, values in TEST.items() if name != "y"})
+    rows = rows.with_columns(pl.lit(value).alias(column))
+    with pytest.raises(DataError, match=message):
+        encode_rows(encoder, rows)
+    with pytest.raises(DataError, match="column 'user'"):
+        encode_rows(encoder, rows.drop("user"))

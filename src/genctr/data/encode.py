@@ -112,7 +112,7 @@ class FeatureEncoder:
         label = (_encode_label(frame, raw) if with_label
                  else np.full(frame.height, np.nan, dtype=np.float32))
         segments = {
-            seg.name: _segment_mask(tokens[seg.field], self.states[seg.field], seg)
+            seg.name: segment_mask(tokens[seg.field], self.states[seg.field], seg)
             for seg in self.schema.segments
         }
         group = _group_ids(frame, self.schema, raw) if self.schema.group else None
@@ -224,7 +224,7 @@ _VOCAB_INDEXES: dict[int, tuple[list, dict]] = {}
 _VOCAB_SERIES: dict[int, tuple[list, pl.Series, pl.Series]] = {}
 
 
-def _vocab_index(state: FieldState) -> dict:
+def vocab_index(state: FieldState) -> dict:
     vocab = state.vocab or []
     cached = _VOCAB_INDEXES.get(id(vocab))
     if cached is None or cached[0] is not vocab:
@@ -236,7 +236,7 @@ def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
     """Token ids of the values (OOV for unseen ones). A few rows (a served request) go through
     a cached dict; many through polars, which would rebuild its mapping per call."""
     if len(values) <= SMALL_LOOKUP:
-        index = _vocab_index(state)
+        index = vocab_index(state)
         return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
     vocab = state.vocab or []
     cached = _VOCAB_SERIES.get(id(vocab))
@@ -334,10 +334,16 @@ def _encode_numeric(column: pl.Series, spec: FieldSpec, state: FieldState,
                     raw: RawDataset) -> tuple[np.ndarray, np.ndarray]:
     x = parse_numeric(column, spec, raw, np.arange(len(column)))
     if spec.binning == "log_square":
-        coded = _lookup(code_strings(np.nan_to_num(log_square_codes(x))), state)
-        tokens = np.where(np.isnan(x), OOV, coded).astype(np.int32)
-    else:
-        tokens = bin_tokens(x, state)
+        codes = code_strings(np.nan_to_num(log_square_codes(x)))
+        return numeric_columns(x, _lookup(codes, state), spec, state)
+    return numeric_columns(x, bin_tokens(x, state), spec, state)
+
+
+def numeric_columns(x: np.ndarray, tokens: np.ndarray, spec: FieldSpec,
+                    state: FieldState) -> tuple[np.ndarray, np.ndarray]:
+    """(scaled values, tokens) of parsed numbers x (NaN: missing, its token OOV); `tokens` are
+    the bins or the log-square codes' ids."""
+    tokens = np.where(np.isnan(x), OOV, tokens).astype(np.int32)
     value = transformed(np.where(np.isnan(x), spec.fill_value, x), spec)
     if spec.transform == "standard":
         value = (value - state.mean) / state.std
@@ -378,7 +384,7 @@ def _group_ids(frame: pl.DataFrame, schema: Schema, raw: RawDataset) -> np.ndarr
     return text.fill_null("").hash(seed=0).to_numpy().view(np.int64)
 
 
-def _segment_mask(tokens: np.ndarray, state: FieldState, seg) -> np.ndarray:
+def segment_mask(tokens: np.ndarray, state: FieldState, seg) -> np.ndarray:
     """Rows whose value occurred in train between the segment's bounds (OOV counts as 0)."""
     counts = np.asarray(state.counts, dtype=np.int64).copy()
     counts[:FIRST_VALUE] = 0

@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from genctr.data.encode_fast import encode_rows
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import GenctrError
 from genctr.runs import Run
@@ -61,7 +62,7 @@ def create_app(run: Run, options: ServeOptions | None = None,
     categorical = [s.name for s in run.encoder.schema.fields if s.kind is not FieldKind.numeric]
 
     def score(key: Hashable, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        split = run.encoder.encode_frame(frame, with_label=False)
+        split = encode_rows(run.encoder, frame)
         for name in categorical:
             tokens = np.asarray(split.tokens[name])
             unseen = int(((tokens == OOV) & (tokens != PAD)).sum())
