@@ -2,13 +2,14 @@
 on a 2-core machine; `apt-get install wrk`), on localhost only, bounded in time.
 
     .venv/bin/python benchmarks/serve.py --run RUN_DIR --data-dir ../shared/data [--seconds 60]
+        [--max-wait-ms 2] [--threads N] [--cells torch:plain:1:8 ...] [--results FILE]
 
 For each backend (torch; onnx), inference (plain; uttsi@2.0, torch only: UTTSI runs the torch
 model), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST /predict with
 bodies cut from the test split's raw rows (varied per request) for `--seconds`; one record per
 cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
-socket errors) and the server's RSS before and after. Cells already recorded for this run and
-commit are skipped (resumable). The server runs as its own process (`genctr serve`), started
+socket errors), the server's RSS before and after and its settings (micro-batch wait, forward
+threads). Cells already recorded for this run, commit and settings are skipped (resumable). The server runs as its own process (`genctr serve`), started
 once per backend.
 """
 
@@ -113,9 +114,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(run_dir: Path, data_dir: Path, backend: str, port: int) -> subprocess.Popen:
+def start_server(run_dir: Path, data_dir: Path, backend: str, port: int, max_wait_ms: float,
+                 threads: int | None) -> subprocess.Popen:
     command = [sys.executable, "-m", "genctr", "serve", str(run_dir), "--port", str(port),
-               "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", "2"]
+               "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", str(max_wait_ms)]
+    if threads is not None:
+        command += ["--threads", str(threads)]
     if backend == "torch":
         command += ["--inference", "uttsi@2.0"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -138,15 +142,24 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/serve.jsonl"))
+    parser.add_argument("--max-wait-ms", type=float, default=2.0,
+                        help="the server's micro-batch wait (0: score what is queued at once)")
+    parser.add_argument("--threads", type=int, default=None, help="the server's forward threads")
+    parser.add_argument("--cells", nargs="*", default=None, metavar="BACKEND:INFERENCE:ROWS:CLIENTS",
+                        help="only these cells, e.g. torch:plain:1:8 (default: all)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk (Debian's package)", file=sys.stderr)
         return 2
     commit = git_commit()
+    settings = {"max_wait_ms": args.max_wait_ms, "threads": args.threads}
     done = {(r["backend"], r["inference"], r["rows_per_request"], r["clients"])
             for r in read_jsonl(args.results) if r.get("run") == str(args.run.resolve())
-            and r.get("commit") == commit}
-    todo = [c for c in CELLS if c not in done]
+            and r.get("commit") == commit and r.get("max_wait_ms", 2.0) == args.max_wait_ms
+            and r.get("threads") == args.threads}
+    wanted = CELLS if args.cells is None else [
+        (b, i, int(r), int(c)) for b, i, r, c in (cell.split(":") for cell in args.cells)]
+    todo = [c for c in wanted if c not in done]
     if not todo:
         print("every cell is recorded for this run and commit")
         return 0
@@ -155,7 +168,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="genctr-serve-bench-"))
     for backend in dict.fromkeys(c[0] for c in todo):
         port = free_port()
-        server = start_server(args.run, args.data_dir, backend, port)
+        server = start_server(args.run, args.data_dir, backend, port, args.max_wait_ms, args.threads)
         try:
             for _, inference, size, clients in [c for c in todo if c[0] == backend]:
                 strategy = ({} if inference == "plain" else
@@ -171,7 +184,7 @@ def main() -> int:
                 measured = parse_wrk(wrk.stdout)
                 record = {"task": "serve", "tool": "genctr", "model": run.config.model_name,
                           "backend": backend, "inference": inference, "rows_per_request": size,
-                          "clients": clients, **measured,
+                          "clients": clients, **settings, **measured,
                           "rows_per_s": measured["requests_per_s"] * size,
                           "duration_s": time.perf_counter() - started, "rss_start_mb": rss_start,
                           "rss_end_mb": rss_mb(server.pid), "run": str(args.run.resolve()),

@@ -22,6 +22,7 @@ from genctr.data.example import write_example
 from genctr.runs import load_run, predict_file, train_run
 from genctr.serve.app import ServeOptions, create_app
 from genctr.serve.batcher import MicroBatcher
+from genctr.serve.rows import RequestRows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,14 +136,14 @@ def test_every_bad_request_is_a_4xx_naming_row_and_field(served, client):
 def test_micro_batcher_groups_concurrent_requests_by_key_and_finishes_on_close():
     calls = []
 
-    def score(key, frame):
-        calls.append((key, frame.height))
-        return np.arange(frame.height, dtype=np.float64), np.ones(frame.height)
+    def score(key, rows):
+        calls.append((key, rows.height, rows.columns["x"]))
+        return np.arange(rows.height, dtype=np.float64), np.ones(rows.height)
 
     async def scenario():
         batcher = MicroBatcher(score, max_rows=100, max_wait=0.2)
         batcher.start()
-        frames = [pl.DataFrame({"x": [str(i)] * (i + 1)}) for i in range(6)]
+        frames = [RequestRows({"x": [str(i)] * (i + 1)}, i + 1) for i in range(6)]
         keys = ["plain"] * 5 + ["other"]
         results = await asyncio.gather(*(batcher.submit(k, f) for k, f in zip(keys, frames)))
         late = asyncio.ensure_future(batcher.submit("plain", frames[0]))
@@ -151,7 +152,8 @@ def test_micro_batcher_groups_concurrent_requests_by_key_and_finishes_on_close()
         return results, late.result()
 
     results, late = asyncio.run(scenario())
-    assert calls[0] == ("plain", 15) and calls[1] == ("other", 6)  # 1+2+3+4+5 rows in one pass
+    assert calls[0][:2] == ("plain", 15) and calls[1][:2] == ("other", 6)  # 1+2+3+4+5 rows at once
+    assert calls[0][2] == ["0", "1", "1", "2", "2", "2"] + ["3"] * 4 + ["4"] * 5  # in order
     assert [len(p) for p, _ in results] == [1, 2, 3, 4, 5, 6]
     assert results[1][0].tolist() == [1.0, 2.0] and results[5][0].tolist() == list(range(6))
     assert len(late[0]) == 1
@@ -167,7 +169,8 @@ def test_the_real_server_scores_rows_and_shuts_down_gracefully(served):
     folder, raw, expected = served
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "genctr", "serve", str(folder / "run"),
-                               "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               "--port", str(port), "--threads", "1", "--max-wait-ms", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
     try:

@@ -262,6 +262,9 @@ def serve(run_dir: Path,
                                                   "if it moved since training (with --inference)"),
           backend: str = typer.Option("torch", "--backend", help="torch, or onnx: plain requests "
                                       "scored by onnxruntime (RUN/model.onnx, exported if missing)"),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of a "
+                                                "forward pass (torch and onnxruntime; default: "
+                                                "their own, one per core)"),
           device: str = Device) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
@@ -273,8 +276,12 @@ def serve(run_dir: Path,
         raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
                            max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024))
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     run = load_run(run_dir, device=device)
-    plain = OnnxScorer(onnx_for_serving(run, log=console.print)) if backend == "onnx" else None
+    plain = OnnxScorer(onnx_for_serving(run, log=console.print), threads) if backend == "onnx" else None
     api = create_app(run, options, fit_strategies(run, inference, data_dir, log=console.print), plain)
     console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
     run_server(api, host, port)

@@ -75,11 +75,13 @@ def serve_section(records: list[dict]) -> str:
              "machine's cores with the server. Model: "
              f"{records[-1]['model']} on ml1m-ctr. UTTSI runs the torch model only.",
              "",
-             "| backend | inference | rows/request | clients | requests/s | rows/s | p50 ms | "
-             "p99 ms | errors | server RSS MB (start → end) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| backend | inference | micro-batch wait ms | threads | rows/request | clients | "
+             "requests/s | rows/s | p50 ms | p99 ms | errors | server RSS MB (start → end) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['backend']} | {r['inference']} | {r['rows_per_request']} | {r['clients']} | "
+        threads = r.get("threads") or "default"
+        lines.append(f"| {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | {threads} | "
+                     f"{r['rows_per_request']} | {r['clients']} | "
                      f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['latency_ms_p50']:.2f} | "
                      f"{r['latency_ms_p99']:.2f} | {r['errors']} | {r['rss_start_mb']:,.0f} → "
                      f"{r['rss_end_mb']:,.0f} |")

@@ -1,13 +1,14 @@
-"""A few rows encoded in plain Python: the served request's path.
+"""A request's rows encoded in plain Python: the served path.
 
 `FeatureEncoder.encode_frame` is vectorised with polars, and each polars call costs about
 0.1-0.2 ms whatever the size of its input: a one-row request paid ~28 of them (5 ms on ml1m-ctr)
 for less than a microsecond of work each. Here the same tokens, values and lengths are computed
-with dict lookups and numpy on a frame of at most FAST_ROWS text rows. Only the ordinary case is
-handled: anything the full encoder would refuse or treat specially (a non-text column, text that
-is not a plain decimal number, a malformed list, a missing column, a label) goes to
-`encode_frame`, which raises its usual error naming the field and row. tests/test_encode.py
-checks that both paths give the same columns.
+with dict lookups and numpy from request columns (source column -> one value per row: text or
+None for categorical fields; a number, numeric text or None for numeric ones; a list of texts
+for list fields), for at most FAST_ROWS rows. Only the ordinary case is handled: more rows, or
+anything the full encoder reads its own way (numeric text that is not a plain decimal number, a
+missing column), go through `columns_frame` to `encode_frame`, which raises its usual error
+naming the field and row. tests/test_encode.py checks that both paths give the same columns.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import polars as pl
 from genctr.data.encode import (FeatureEncoder, bin_tokens, log_square_codes, numeric_columns,
                                 segment_mask, vocab_index)
 from genctr.data.encoded import EncodedSplit
-from genctr.schema import OOV, PAD, FieldKind, FieldSpec
+from genctr.schema import OOV, PAD, FieldKind, FieldSpec, Schema
 
 FAST_ROWS = 256  # above this, polars' fixed cost per call is spread over enough rows
 # the numbers Python's float() and polars' cast read alike; anything else takes the full path
@@ -32,24 +33,44 @@ class _Unusual(Exception):
     """A value the fast path leaves to the full encoder."""
 
 
-def encode_rows(encoder: FeatureEncoder, frame: pl.DataFrame) -> EncodedSplit:
-    """`encoder.encode_frame(frame, with_label=False)`, in plain Python for small text frames,
-    without group ids: they serve gAUC only, and rows without labels have no metrics."""
-    if frame.height <= FAST_ROWS:
+def encode_rows(encoder: FeatureEncoder, columns: dict[str, list]) -> EncodedSplit:
+    """The encoded request columns, without labels or group ids (gAUC needs labels): in plain
+    Python up to FAST_ROWS rows, else (or for anything unusual) through `encode_frame`."""
+    height = len(next(iter(columns.values()), []))
+    if height <= FAST_ROWS:
         try:
-            return _encode_small(encoder, frame)
+            return _encode_small(encoder, columns, height)
         except _Unusual:
             pass
-    return encoder.encode_frame(frame, with_label=False)
+    split = encoder.encode_frame(columns_frame(encoder.schema, columns), with_label=False)
+    split.group = None
+    return split
 
 
-def _encode_small(encoder: FeatureEncoder, frame: pl.DataFrame) -> EncodedSplit:
+def columns_frame(schema: Schema, columns: dict[str, list]) -> pl.DataFrame:
+    """Request columns as the text frame a CSV file would give: numbers as their text
+    (`repr` of a float reads back to the same float), list fields as List[String]."""
+    specs = {spec.source_column: spec for spec in schema.fields}
+    data, types = {}, {}
+    for column, values in columns.items():
+        spec = specs.get(column)
+        if spec is not None and spec.kind is FieldKind.numeric:
+            values = [v if v is None or isinstance(v, str) else repr(v) if isinstance(v, float)
+                      else str(v) for v in values]
+        data[column] = values
+        types[column] = pl.List(pl.String) if spec is not None and spec.is_list else pl.String
+    return pl.DataFrame(data, schema=types)
+
+
+def _encode_small(encoder: FeatureEncoder, columns: dict[str, list], height: int) -> EncodedSplit:
     tokens: dict[str, np.ndarray] = {}
     values: dict[str, np.ndarray] = {}
     lengths: dict[str, np.ndarray] = {}
     for spec in encoder.schema.fields:
         state = encoder.states[spec.name]
-        column = _column(frame, spec)
+        if spec.source_column not in columns:
+            raise _Unusual
+        column = columns[spec.source_column]
         if spec.kind is FieldKind.numeric:
             x = np.array([_number(v) for v in column], dtype=np.float64)
             if spec.binning == "log_square":
@@ -65,27 +86,19 @@ def _encode_small(encoder: FeatureEncoder, frame: pl.DataFrame) -> EncodedSplit:
             index = vocab_index(state)
             tokens[spec.name] = np.array([index.get("" if v is None else v, OOV) for v in column],
                                          dtype=np.int32)
-    label = np.full(frame.height, np.nan, dtype=np.float32)
+    label = np.full(height, np.nan, dtype=np.float32)
     segments = {seg.name: segment_mask(tokens[seg.field], encoder.states[seg.field], seg)
                 for seg in encoder.schema.segments}
     return EncodedSplit(tokens, values, lengths, label, None, segments)
 
 
-def _column(frame: pl.DataFrame, spec: FieldSpec) -> list:
-    if spec.source_column not in frame.columns:
-        raise _Unusual
-    series = frame.get_column(spec.source_column)
-    expected = pl.List(pl.String) if spec.is_list and series.dtype != pl.String else pl.String
-    if series.dtype != expected:
-        raise _Unusual
-    return series.to_list()
-
-
-def _number(text: str | None) -> float:
-    """NaN for a missing value; the number of plain decimal text."""
-    if text is None:
+def _number(value: float | int | str | None) -> float:
+    """NaN for a missing value; a number as it is; plain decimal text as its number."""
+    if value is None:
         return math.nan
-    text = text.strip()
+    if not isinstance(value, str):
+        return float(value)
+    text = value.strip()
     if text == "":
         return math.nan
     if not PLAIN_NUMBER.fullmatch(text):
@@ -101,15 +114,6 @@ def _list_tokens(column: list, spec: FieldSpec, index: dict) -> tuple[np.ndarray
     out = np.full((len(column), spec.max_len), PAD, dtype=np.int32)
     lengths = np.zeros(len(column), dtype=np.int32)
     for row, items in enumerate(column):
-        if items is None:
-            items = []
-        elif isinstance(items, str):  # text split by the field's separator, as from a CSV
-            sep = spec.separator
-            if sep is None or items.startswith(sep) or items.endswith(sep) or sep + sep in items:
-                raise _Unusual
-            items = items.split(sep) if items else []
-        if any(item is None for item in items):
-            raise _Unusual
         kept = items[-spec.max_len:] if spec.kind is FieldKind.sequence else items[:spec.max_len]
         out[row, :len(kept)] = [index.get(item, OOV) for item in kept]
         lengths[row] = len(kept)

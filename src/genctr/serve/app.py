@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
 import numpy as np
-import polars as pl
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -35,7 +34,7 @@ from genctr.runs import Run
 from genctr.schema import OOV, PAD, FieldKind
 from genctr.serve.batcher import MicroBatcher
 from genctr.serve.metrics import ServeMetrics
-from genctr.serve.rows import RequestError, RowReader
+from genctr.serve.rows import RequestError, RequestRows, RowReader
 from genctr.serve.strategies import requested
 from genctr.testtime.evaluate import make_inference, predict_with
 from genctr.testtime.inference import Inference, InferenceOptions
@@ -61,8 +60,8 @@ def create_app(run: Run, options: ServeOptions | None = None,
     metrics = ServeMetrics()
     categorical = [s.name for s in run.encoder.schema.fields if s.kind is not FieldKind.numeric]
 
-    def score(key: Hashable, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        split = encode_rows(run.encoder, frame)
+    def score(key: Hashable, rows: RequestRows) -> tuple[np.ndarray, np.ndarray]:
+        split = encode_rows(run.encoder, rows.columns)
         for name in categorical:
             tokens = np.asarray(split.tokens[name])
             unseen = int(((tokens == OOV) & (tokens != PAD)).sum())
@@ -104,8 +103,8 @@ def create_app(run: Run, options: ServeOptions | None = None,
         try:
             payload = await _read_json(request, options.max_body_bytes)
             strategy = requested(payload.get("inference"), strategies)
-            frame = reader.frame(payload.get("rows"))
-            probability, cost = await batcher.submit(strategy, frame)
+            rows = reader.read(payload.get("rows"))
+            probability, cost = await batcher.submit(strategy, rows)
             response = JSONResponse({"probabilities": probability.tolist(),
                                      "cost": float(np.mean(cost)), "inference": strategy})
         except RequestError as err:

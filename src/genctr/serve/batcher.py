@@ -15,16 +15,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 import numpy as np
-import polars as pl
 
-# scores one frame of rows for one key: probabilities [N] and per-row cost [N]
-ScoreFn = Callable[[Hashable, pl.DataFrame], tuple[np.ndarray, np.ndarray]]
+from genctr.serve.rows import RequestRows
+
+# scores one request's (or micro-batch's) rows for one key: probabilities [N] and per-row cost [N]
+ScoreFn = Callable[[Hashable, RequestRows], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass
 class _Pending:
     key: Hashable
-    frame: pl.DataFrame
+    rows: RequestRows
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -49,8 +50,8 @@ class MicroBatcher:
             await self.worker
         self.executor.shutdown(wait=True)
 
-    async def submit(self, key: Hashable, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        pending = _Pending(key, frame)
+    async def submit(self, key: Hashable, rows: RequestRows) -> tuple[np.ndarray, np.ndarray]:
+        pending = _Pending(key, rows)
         await self.queue.put(pending)
         return await pending.done
 
@@ -63,7 +64,7 @@ class MicroBatcher:
             if first is None:
                 stopping = True
                 continue
-            batch, rows = [first], first.frame.height
+            batch, rows = [first], first.rows.height
             deadline = time.perf_counter() + self.max_wait
             while rows < self.max_rows and not stopping:
                 timeout = deadline - time.perf_counter()
@@ -74,30 +75,30 @@ class MicroBatcher:
                     break
                 if item is None:
                     stopping = True
-                elif item.key != first.key or rows + item.frame.height > self.max_rows:
+                elif item.key != first.key or rows + item.rows.height > self.max_rows:
                     held = item
                     break
                 else:
                     batch.append(item)
-                    rows += item.frame.height
+                    rows += item.rows.height
             await self._score(batch, rows)
 
     async def _score(self, batch: list[_Pending], rows: int) -> None:
-        frame = batch[0].frame if len(batch) == 1 else pl.concat([p.frame for p in batch])
+        together = RequestRows.concat([pending.rows for pending in batch])
         loop = asyncio.get_running_loop()
         try:
-            prob, cost = await loop.run_in_executor(self.executor, self.score, batch[0].key, frame)
+            prob, cost = await loop.run_in_executor(self.executor, self.score, batch[0].key, together)
         except Exception as err:
             if len(batch) > 1:  # score each request alone: only the one at fault fails
                 for pending in batch:
-                    await self._score([pending], pending.frame.height)
+                    await self._score([pending], pending.rows.height)
             elif not batch[0].done.done():
                 batch[0].done.set_exception(err)
             return
         self.on_batch(rows)
         start = 0
         for pending in batch:
-            stop = start + pending.frame.height
+            stop = start + pending.rows.height
             if not pending.done.done():
                 pending.done.set_result((prob[start:stop], cost[start:stop]))
             start = stop

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import polars as pl
 import torch
 from torch import nn
 
 from genctr.data.batches import Batch, batch_of
 from genctr.data.encode import FeatureEncoder
+from genctr.data.encode_fast import columns_frame
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError, DataError
 from genctr.files import check_writable
@@ -62,10 +62,8 @@ class ColumnScorer(nn.Module):
 
 def example_split(encoder: FeatureEncoder, rows: int = 4) -> EncodedSplit:
     """`rows` rows of missing values, encoded: the shapes and dtypes an export traces."""
-    types = {spec.source_column: pl.List(pl.String) if spec.is_list else pl.String
-             for spec in encoder.schema.fields}
-    empty = {column: [[] if isinstance(kind, pl.List) else None] * rows for column, kind in types.items()}
-    return encoder.encode_frame(pl.DataFrame(empty, schema=types), with_label=False)
+    empty = {spec.source_column: [[] if spec.is_list else None] * rows for spec in encoder.schema.fields}
+    return encoder.encode_frame(columns_frame(encoder.schema, empty), with_label=False)
 
 
 def column_scorer(run: Run) -> ColumnScorer:

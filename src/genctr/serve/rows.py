@@ -1,11 +1,13 @@
-"""Request rows -> a frame the run's encoder reads, or a RequestError naming the row and field.
+"""Request rows -> columns the run's encoder reads, or a RequestError naming the row and field.
 
 A row is an object of raw values keyed by source column, as `genctr predict` reads a file's
 columns: text or integers for categorical fields, numbers (or numeric text) for numeric ones,
 a list (or, with the field's separator, one string) for multi and sequence fields, null for a
 missing value. Nothing is coerced silently: a float for a categorical field, a boolean, an
 object, a non-finite number, an unknown or a missing column is refused with the row and field.
-Unseen categories are not an error: they map to OOV, as in training.
+Unseen categories are not an error: they map to OOV, as in training. Each column is checked
+in one pass when all its values have the expected type (the common case) and value by value,
+to name the first bad row, otherwise.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-
-import polars as pl
 
 from genctr.data.encode import FeatureEncoder
 from genctr.schema import FieldKind, FieldSpec
@@ -33,8 +33,25 @@ class RequestError(Exception):
         return {"error": self.message, "row": self.row, "field": self.field}
 
 
+@dataclass
+class RequestRows:
+    """Validated request columns (source column -> one value per row), as
+    `genctr.data.encode_fast.encode_rows` reads them."""
+
+    columns: dict[str, list]
+    height: int
+
+    @staticmethod
+    def concat(parts: list["RequestRows"]) -> "RequestRows":
+        """The rows of several requests, in order (one micro-batch)."""
+        if len(parts) == 1:
+            return parts[0]
+        return RequestRows({column: [v for part in parts for v in part.columns[column]]
+                            for column in parts[0].columns}, sum(part.height for part in parts))
+
+
 class RowReader:
-    """Validates request rows against the run's schema and builds the encoder's input frame."""
+    """Validates request rows against the run's schema and builds the encoder's input columns."""
 
     def __init__(self, encoder: FeatureEncoder, max_rows: int) -> None:
         self.specs: dict[str, FieldSpec] = {spec.source_column: spec for spec in encoder.schema.fields}
@@ -44,32 +61,47 @@ class RowReader:
     def columns(self) -> list[str]:
         return list(self.specs)
 
-    def frame(self, rows: Any) -> pl.DataFrame:
+    def read(self, rows: Any) -> RequestRows:
         if not isinstance(rows, list) or not rows:
             raise RequestError(422, "'rows' must be a non-empty list of objects", field="rows")
         if len(rows) > self.max_rows:
             raise RequestError(413, f"{len(rows)} rows in one request; at most {self.max_rows}",
                                field="rows")
-        data: dict[str, list] = {column: [] for column in self.specs}
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise RequestError(422, f"row {i} is a {type(row).__name__}, not an object", row=i)
-            unknown = sorted(set(row) - set(self.specs))
-            if unknown:
-                raise RequestError(422, f"row {i}: unknown field(s) {unknown}; the model reads "
-                                   f"{self.columns}", row=i, field=unknown[0])
-            missing = [c for c in self.specs if c not in row]
-            if missing:
-                raise RequestError(422, f"row {i}: missing field(s) {missing} (send null for a "
-                                   "missing value)", row=i, field=missing[0])
-            for column, spec in self.specs.items():
-                data[column].append(_raw_value(row[column], spec, i, column))
-        types = {c: pl.List(pl.String) if s.is_list else pl.String for c, s in self.specs.items()}
-        return pl.DataFrame(data, schema=types)
+            if row.keys() != self.specs.keys():
+                self._refuse_fields(row, i)
+        return RequestRows({column: _column(rows, column, spec) for column, spec in self.specs.items()},
+                           len(rows))
+
+    def _refuse_fields(self, row: dict, i: int) -> None:
+        unknown = sorted(set(row) - set(self.specs))
+        if unknown:
+            raise RequestError(422, f"row {i}: unknown field(s) {unknown}; the model reads "
+                               f"{self.columns}", row=i, field=unknown[0])
+        missing = [c for c in self.specs if c not in row]
+        raise RequestError(422, f"row {i}: missing field(s) {missing} (send null for a "
+                           "missing value)", row=i, field=missing[0])
 
 
-def _raw_value(value: Any, spec: FieldSpec, row: int, column: str) -> str | list[str] | None:
-    """The value as the encoder reads it from a CSV file (text), or a list of texts."""
+def _column(rows: list[dict], column: str, spec: FieldSpec) -> list:
+    """One column's values as the encoder reads them; checked at once when every value has the
+    usual type (text; finite floats; lists of text), else one by one."""
+    values = [row[column] for row in rows]
+    if spec.is_list:
+        if all(type(v) is list and all(type(item) is str for item in v) for v in values):
+            return values
+    elif spec.kind is FieldKind.numeric:
+        if all(type(v) is float and math.isfinite(v) for v in values):
+            return values
+    elif all(type(v) is str for v in values):
+        return values
+    return [_raw_value(value, spec, i, column) for i, value in enumerate(values)]
+
+
+def _raw_value(value: Any, spec: FieldSpec, row: int, column: str) -> str | float | list[str] | None:
+    """The value as the encoder reads it: text, a finite number, a list of texts or None."""
     def refuse(expected: str) -> RequestError:
         return RequestError(422, f"row {row}, field '{column}': {value!r} is not {expected}",
                             row=row, field=column)
@@ -82,7 +114,7 @@ def _raw_value(value: Any, spec: FieldSpec, row: int, column: str) -> str | list
         if isinstance(value, (int, float)):
             if not math.isfinite(value):
                 raise refuse("a finite number")
-            return repr(value) if isinstance(value, float) else str(value)
+            return value
         if isinstance(value, str):
             try:
                 if math.isfinite(float(value)):
