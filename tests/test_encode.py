@@ -42,7 +42,7 @@ def fitted():
 
 
 def decode(encoder, field, ids):
-    vocab = encoder.states[field].vocab
+    vocab = encoder.states[field].vocab.to_list()
     return [vocab[i - 2] if i >= 2 else {PAD: "<pad>", OOV: "<oov>"}[i] for i in ids]
 
 
@@ -55,7 +55,7 @@ def test_round_trip_of_categoricals(fitted):
 
 def test_vocabulary_is_fitted_on_train_only_and_unseen_values_are_oov(fitted):
     raw, encoder = fitted
-    assert "zz" not in encoder.states["user"].vocab
+    assert "zz" not in encoder.states["user"].vocab.to_list()
     test = encoder.encode(raw)["test"]
     assert test.tokens["user"].tolist()[1] == OOV
     assert test.tokens["color"].tolist()[1] == OOV  # purple never seen
@@ -64,7 +64,7 @@ def test_vocabulary_is_fitted_on_train_only_and_unseen_values_are_oov(fitted):
 
 def test_min_count_and_counts(fitted):
     _, encoder = fitted
-    assert sorted(encoder.states["color"].vocab) == ["blue", "red"]
+    assert sorted(encoder.states["color"].vocab.to_list()) == ["blue", "red"]
     counts = encoder.train_counts("color")
     assert counts[OOV] == 1 and counts.sum() == 6  # green went to OOV
 
@@ -74,7 +74,7 @@ def test_max_vocab_keeps_most_frequent():
               "segments": []}
     raw = raw_from_rows(schema, {"user": ["a", "b", "a"], "y": [0, 1, 0]})
     encoder = FeatureEncoder(raw.schema).fit(raw)
-    assert encoder.states["user"].vocab == ["a"]
+    assert encoder.states["user"].vocab.to_list() == ["a"]
 
 
 def test_numeric_bins_missing_and_standardised_value(fitted):
@@ -101,7 +101,7 @@ def test_multi_keeps_first_items_and_sequence_keeps_last(fitted):
     assert decode(encoder, "user", train.tokens["history"][3]) == ["b", "c", "a"]
     assert train.tokens["history"][0].tolist() == [PAD, PAD, PAD]
     test = encoder.encode(raw)["test"]
-    assert test.tokens["history"][0].tolist()[:2] == [OOV, encoder.states["user"].vocab.index("a") + 2]
+    assert test.tokens["history"][0].tolist()[:2] == [OOV, encoder.states["user"].vocab.to_list().index("a") + 2]
 
 
 def test_segments_from_train_counts(fitted):
@@ -119,7 +119,27 @@ def test_state_save_load_gives_identical_encoding(fitted, tmp_path):
     for field in first.tokens:
         np.testing.assert_array_equal(first.tokens[field], second.tokens[field])
     np.testing.assert_array_equal(first.values["price"], second.values["price"])
-    assert again.schema == encoder.schema
+    assert again.schema == encoder.schema and again.same_state(encoder)
+    assert '"red"' not in (tmp_path / "enc.json").read_text()  # values live in the Parquet file
+    assert (tmp_path / "enc.vocab.parquet").is_file()
+
+
+def test_encoder_files_of_version_1_still_load_and_a_missing_vocabulary_file_is_named(fitted, tmp_path):
+    from genctr.errors import DataError
+
+    _, encoder = fitted
+    fields = {name: {"vocab": None if s.vocab is None else s.vocab.to_list(),
+                     "counts": None if s.counts is None else s.counts.tolist(),
+                     "edges": s.edges, "mean": s.mean, "std": s.std}
+              for name, s in encoder.states.items() if encoder.schema.field(name).share_vocab is None}
+    (tmp_path / "old.json").write_text(json.dumps({  # as genctr wrote it before the Parquet file
+        "version": 1, "schema": encoder.schema.model_dump(mode="json", exclude_unset=True),
+        "fields": fields}))
+    assert FeatureEncoder.load(tmp_path / "old.json").same_state(encoder)
+    encoder.save(tmp_path / "enc.json")
+    (tmp_path / "enc.vocab.parquet").unlink()
+    with pytest.raises(DataError, match="enc.vocab.parquet: missing"):
+        FeatureEncoder.load(tmp_path / "enc.json")
 
 
 def test_label_rule_derives_clicks():
@@ -153,7 +173,7 @@ def test_few_rows_take_the_dict_lookup_and_encode_exactly_like_many(monkeypatch)
     for name in many.tokens:
         np.testing.assert_array_equal(many.tokens[name], polars.tokens[name], err_msg=name)
     assert (many.tokens["user_id"] == OOV).any()  # unseen users are in the comparison
-    assert "_index" not in json.dumps(encoder.state_dict())  # the cache is never saved
+    assert not any(k.startswith("_") for k in vars(encoder.states["user_id"]))  # the cache is apart
 
 
 def _same_columns(fast, full) -> None:

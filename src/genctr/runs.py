@@ -272,7 +272,7 @@ def ensemble_members(run: Run, folders: list[str | Path], device: str = "cpu") -
     members = []
     for folder in folders:
         member = load_run(folder, device=device)
-        if member.encoder.state_dict() != run.encoder.state_dict():
+        if not member.encoder.same_state(run.encoder):
             raise DataError(f"ensemble member {folder}: its encoder differs from {run.folder}'s "
                             "(another task or other vocabularies); members must be runs of the same data")
         members.append(member.model)

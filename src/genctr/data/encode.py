@@ -1,9 +1,12 @@
 """FeatureEncoder: fit vocabularies and bins on train only, then encode any rows.
 
 Follows scikit-learn's contract: `fit` learns state from the training rows alone, `encode`
-applies it, and the state round-trips through JSON. Everything is vectorised with polars and
-numpy: there is no Python loop over rows. Token ids: 0 is padding, 1 is out-of-vocabulary (or
-a missing numeric), real values start at 2.
+applies it, and the state round-trips through files: encoder.json (schema, bins, scaling) and
+encoder.vocab.parquet beside it (every vocabulary with its train counts). Vocabularies stay
+Arrow columns (polars Series), not Python lists: millions of values cost tens of bytes each,
+not a hundred (issue 15). Everything is vectorised with polars and numpy: there is no Python
+loop over rows. Token ids: 0 is padding, 1 is out-of-vocabulary (or a missing numeric), real
+values start at 2.
 """
 
 from __future__ import annotations
@@ -21,18 +24,24 @@ from genctr.data.raw import RawDataset
 from genctr.errors import DataError, notice
 from genctr.schema import FIRST_VALUE, OOV, PAD, FieldKind, FieldSpec, Schema
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: vocabularies in encoder.vocab.parquet; 1 (JSON lists) is still read
 
 
 @dataclass
 class FieldState:
     """What `fit` learned for one field."""
 
-    vocab: list[str] | None = None  # value of token id FIRST_VALUE + i
-    counts: list[int] | None = None  # train occurrences per token id (PAD, OOV, values...)
+    vocab: pl.Series | None = None  # String: the value of token id FIRST_VALUE + i
+    counts: np.ndarray | None = None  # int64 train occurrences per token id (PAD, OOV, values...)
     edges: list[float] | None = None  # inner quantile edges of a numeric field
     mean: float = 0.0
     std: float = 1.0
+
+    def same_as(self, other: "FieldState") -> bool:
+        return (self.edges == other.edges and self.mean == other.mean and self.std == other.std
+                and (self.vocab is None) == (other.vocab is None)
+                and (self.vocab is None or self.vocab.equals(other.vocab))
+                and np.array_equal(_or_empty(self.counts), _or_empty(other.counts)))
 
     @property
     def vocab_size(self) -> int:
@@ -124,34 +133,101 @@ class FeatureEncoder:
 
     def train_counts(self, field: str) -> np.ndarray:
         """Train occurrences per token id (for frequency-weighted neutral embeddings)."""
-        state = self.states[field]
-        return np.asarray(state.counts if state.counts is not None else [], dtype=np.int64)
+        return _or_empty(self.states[field].counts)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "version": STATE_VERSION,
-            "schema": self.schema.model_dump(mode="json", exclude_unset=True),
-            "fields": {
-                name: state.__dict__ for name, state in self.states.items()
-                if self.schema.field(name).share_vocab is None
-            },
-        }
+    def same_state(self, other: "FeatureEncoder") -> bool:
+        """Whether both encode every value to the same token (same schema, vocabularies, bins)."""
+        return (self.schema == other.schema and self.states.keys() == other.states.keys()
+                and all(state.same_as(other.states[name]) for name, state in self.states.items()))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.state_dict()))
+        """encoder.json at `path` and the vocabularies beside it (written first: the JSON file
+        marks a complete state)."""
+        path = Path(path)
+        owned = {name: state for name, state in self.states.items()
+                 if self.schema.field(name).share_vocab is None and state.vocab is not None}
+        parts = [pl.DataFrame({"field": pl.repeat(name, len(state.vocab), dtype=pl.String, eager=True),
+                               "value": state.vocab,
+                               "count": pl.Series(state.counts[FIRST_VALUE:], dtype=pl.Int64)})
+                 for name, state in owned.items()]
+        empty = pl.DataFrame(schema={"field": pl.String, "value": pl.String, "count": pl.Int64})
+        pl.concat([empty, *parts]).write_parquet(vocab_file(path))
+        path.write_text(json.dumps({"version": STATE_VERSION,
+                                    "schema": self.schema.model_dump(mode="json", exclude_unset=True),
+                                    "fields": _fields_meta(self)}))
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureEncoder":
-        state = json.loads(Path(path).read_text())
-        if state.get("version") != STATE_VERSION:
-            raise DataError(f"{path}: encoder state version {state.get('version')} is not "
-                            f"{STATE_VERSION}; re-encode the data")
+        path = Path(path)
+        state = json.loads(path.read_text())
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise DataError(f"{path}: encoder state version {version} is not {STATE_VERSION}; "
+                            "re-encode the data")
         encoder = cls(Schema.model_validate(state["schema"]))
-        encoder.states = {name: FieldState(**s) for name, s in state["fields"].items()}
+        vocabularies = _read_vocabularies(path) if version == STATE_VERSION else {}
+        for name, meta in state["fields"].items():
+            encoder.states[name] = _field_state(path, name, meta, vocabularies)
         for spec in encoder.schema.fields:
             if spec.share_vocab is not None:
                 encoder.states[spec.name] = encoder.states[spec.share_vocab]
         return encoder
+
+
+def vocab_file(path: Path) -> Path:
+    """encoder.vocab.parquet beside encoder.json."""
+    return path.with_name(f"{path.stem}.vocab.parquet")
+
+
+def _or_empty(counts: np.ndarray | list | None) -> np.ndarray:
+    return np.asarray(counts if counts is not None else [], dtype=np.int64)
+
+
+def _fields_meta(encoder: "FeatureEncoder") -> dict[str, dict[str, Any]]:
+    """encoder.json's part of each owned field's state (the vocabulary's size, not its values)."""
+    fields = {}
+    for name, state in encoder.states.items():
+        if encoder.schema.field(name).share_vocab is not None:
+            continue
+        meta: dict[str, Any] = {"edges": state.edges, "mean": state.mean, "std": state.std}
+        if state.vocab is None:
+            meta["counts"] = None if state.counts is None else _or_empty(state.counts).tolist()
+        else:
+            meta["vocab_size"] = len(state.vocab)
+            meta["special_counts"] = _or_empty(state.counts)[:FIRST_VALUE].tolist()
+        fields[name] = meta
+    return fields
+
+
+def _read_vocabularies(path: Path) -> dict[str, pl.DataFrame]:
+    table_path = vocab_file(path)
+    if not table_path.is_file():
+        raise DataError(f"{table_path}: missing (the vocabularies of {path}); re-encode the data "
+                        "or copy the file back beside it")
+    table = pl.read_parquet(table_path)
+    return {key[0]: part for key, part in table.partition_by("field", maintain_order=True,
+                                                              as_dict=True).items()}
+
+
+def _field_state(path: Path, name: str, meta: dict[str, Any],
+                 vocabularies: dict[str, pl.DataFrame]) -> FieldState:
+    """One field's state from encoder.json (version 2, vocabularies from the Parquet file;
+    version 1 held them as JSON lists)."""
+    state = FieldState(edges=meta.get("edges"), mean=meta.get("mean", 0.0), std=meta.get("std", 1.0))
+    if "vocab_size" in meta:  # version 2
+        part = vocabularies.get(name, pl.DataFrame({"value": [], "count": []},
+                                                   schema={"value": pl.String, "count": pl.Int64}))
+        if part.height != meta["vocab_size"]:
+            raise DataError(f"{vocab_file(path)}: field '{name}' has {part.height} values, "
+                            f"{path} says {meta['vocab_size']}; re-encode the data")
+        state.vocab = part["value"]
+        state.counts = np.concatenate([_or_empty(meta["special_counts"]), part["count"].to_numpy()])
+    elif meta.get("vocab") is not None:  # version 1
+        state.vocab = pl.Series("value", meta["vocab"], dtype=pl.String)
+        state.counts = _or_empty(meta.get("counts"))
+    elif meta.get("counts") is not None:
+        state.counts = _or_empty(meta["counts"])
+    return state
 
 
 # --------------------------------------------------------------------------- helpers
@@ -211,24 +287,30 @@ def vocab_state(counted: pl.DataFrame, spec: FieldSpec) -> FieldState:
     kept = counted.filter(pl.col("n") >= spec.min_count)
     if spec.max_vocab is not None:
         kept = kept.head(spec.max_vocab)
-    vocab = kept["value"].to_list()
     oov_count = int(counted["n"].sum() - kept["n"].sum())
-    return FieldState(vocab=vocab, counts=[0, oov_count] + kept["n"].to_list())
+    counts = np.concatenate([[0, oov_count], kept["n"].to_numpy()]).astype(np.int64)
+    return FieldState(vocab=kept["value"].cast(pl.String).rename("value"), counts=counts)
 
 
 SMALL_LOOKUP = 1024  # rows up to which a Python dict beats polars' replace_strict (serving)
-# vocabulary list id -> (that list, value -> token id); beside the states, never saved with them
-_VOCAB_INDEXES: dict[int, tuple[list, dict]] = {}
-# vocabulary list id -> (that list, its values and token ids as polars Series): converting a
-# list of millions of values on every chunk of a streamed encode would cost seconds per chunk
-_VOCAB_SERIES: dict[int, tuple[list, pl.Series, pl.Series]] = {}
+# vocabulary id -> (that vocabulary, value -> token id); beside the states, never saved with them
+_VOCAB_INDEXES: dict[int, tuple[pl.Series, dict]] = {}
+# vocabulary id -> (that vocabulary, its token ids): building the ids of millions of values on
+# every chunk of a streamed encode would cost time per chunk
+_VOCAB_IDS: dict[int, tuple[pl.Series, pl.Series]] = {}
+
+
+def _vocab(state: FieldState) -> pl.Series:
+    return state.vocab if state.vocab is not None else pl.Series("value", [], dtype=pl.String)
 
 
 def vocab_index(state: FieldState) -> dict:
-    vocab = state.vocab or []
+    """value -> token id, built once per vocabulary (a request's few rows look values up here)."""
+    vocab = _vocab(state)
     cached = _VOCAB_INDEXES.get(id(vocab))
     if cached is None or cached[0] is not vocab:
-        cached = _VOCAB_INDEXES[id(vocab)] = (vocab, {v: FIRST_VALUE + i for i, v in enumerate(vocab)})
+        index = {v: FIRST_VALUE + i for i, v in enumerate(vocab.to_list())}
+        cached = _VOCAB_INDEXES[id(vocab)] = (vocab, index)
     return cached[1]
 
 
@@ -238,12 +320,12 @@ def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
     if len(values) <= SMALL_LOOKUP:
         index = vocab_index(state)
         return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
-    vocab = state.vocab or []
-    cached = _VOCAB_SERIES.get(id(vocab))
+    vocab = _vocab(state)
+    cached = _VOCAB_IDS.get(id(vocab))
     if cached is None or cached[0] is not vocab:
         ids = pl.Series(np.arange(FIRST_VALUE, FIRST_VALUE + len(vocab), dtype=np.int32))
-        cached = _VOCAB_SERIES[id(vocab)] = (vocab, pl.Series(vocab, dtype=pl.String), ids)
-    return values.replace_strict(cached[1], cached[2], default=OOV, return_dtype=pl.Int32).to_numpy()
+        cached = _VOCAB_IDS[id(vocab)] = (vocab, ids)
+    return values.replace_strict(vocab, cached[1], default=OOV, return_dtype=pl.Int32).to_numpy()
 
 
 def _encode_lists(lists: pl.Series, spec: FieldSpec, state: FieldState) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +399,7 @@ def _fit_numeric(column: pl.Series, spec: FieldSpec, raw: RawDataset, rows: np.n
         state.mean, state.std = float(t.mean()), float(t.std() or 1.0)
     if state.vocab is None:
         tokens = bin_tokens(x, state)
-        state.counts = np.bincount(tokens, minlength=state.vocab_size).tolist()
+        state.counts = np.bincount(tokens, minlength=state.vocab_size).astype(np.int64)
     return state
 
 

@@ -145,7 +145,7 @@ def encode_streaming(schema: Schema, splits: dict[str, tuple[Chunks, int]], fold
     for name, (chunks, rows) in splits.items():  # binned fields' counts: from the train rows
         bin_counts = _write_split(encoder, chunks, rows, folder / name, binned if name == "train" else [])
         for field_name, counts in bin_counts.items():
-            encoder.states[field_name].counts = counts.tolist()
+            encoder.states[field_name].counts = counts.astype(np.int64)
     return encoder
 
 

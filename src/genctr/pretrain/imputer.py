@@ -72,7 +72,7 @@ def imputer_for_run(init_from: str | Path | None, encoder: FeatureEncoder,
         raise ConfigError("impute: denoiser needs a run fine-tuned from a pre-training (its "
                           "config has init_from); this run was trained from scratch")
     _, pretrained_encoder, net = load_pretrained(init_from)
-    if pretrained_encoder.state_dict() != encoder.state_dict():
+    if not pretrained_encoder.same_state(encoder):
         raise DataError(f"impute: denoiser: the pre-training in {init_from} encoded other "
                         "vocabularies than this run; its proposals would mean other values")
     return DenoiserImputer(net.to(device))
