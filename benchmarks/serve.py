@@ -28,31 +28,36 @@ from pathlib import Path
 
 import httpx2 as httpx
 import numpy as np
+import polars as pl
 
+from genctr.config import DataConfig
 from genctr.files import append_jsonl, read_jsonl
 from genctr.provenance import git_commit, machine, now_iso
 from genctr.runs import load_run, moved_data
-from genctr.schema import FieldKind
+from genctr.schema import FieldKind, Schema
 
 CELLS = [(backend, inference, rows, clients)
          for backend, inferences in (("torch", ("plain", "uttsi@2.0")), ("onnx", ("plain",)))
          for inference in inferences for rows in (1, 64) for clients in (1, 8, 32)]
 
 
-def request_rows(run, data_dir: Path, count: int, seed: int = 0) -> list[dict]:
+def picked_test_rows(test_rows: int, count: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions in the test split of the rows the requests are cut from."""
+    return np.sort(np.random.default_rng(seed).choice(test_rows, min(count, test_rows), replace=False))
+
+
+def request_rows(data: DataConfig, schema: Schema, count: int, seed: int = 0) -> list[dict]:
     """`count` raw test rows as a client sends them (lists as lists, numbers as numbers)."""
-    data = moved_data(run.config.data, data_dir.resolve())
     raw = data.make_source().load()
     test = raw.splits["test"]
-    picked = np.sort(np.random.default_rng(seed).choice(test, min(count, len(test)), replace=False))
     frame = raw.frame
     rows = []
-    for index in picked:
+    for index in test[picked_test_rows(len(test), count, seed)]:
         row = {}
-        for spec in run.encoder.schema.fields:
+        for spec in schema.fields:
             column = spec.source_column
             if spec.name in raw.sequence_refs:  # a history built from earlier rows
-                owner = run.encoder.schema.field(spec.share_vocab).source_column
+                owner = schema.field(spec.share_vocab).source_column
                 refs = raw.sequence_refs[spec.name][index]
                 row[column] = [str(frame[owner][int(r)]) for r in refs if r >= 0]
                 continue
@@ -61,6 +66,8 @@ def request_rows(run, data_dir: Path, count: int, seed: int = 0) -> list[dict]:
                 row[column] = [] if spec.is_list else None
             elif spec.kind is FieldKind.numeric:
                 row[column] = float(value)
+            elif spec.is_list and isinstance(value, pl.Series):  # a list column
+                row[column] = [str(v) for v in value.to_list() if v is not None]
             elif spec.is_list:
                 row[column] = [v for v in str(value).split(spec.separator) if v]
             else:
@@ -164,7 +171,7 @@ def main() -> int:
         print("every cell is recorded for this run and commit")
         return 0
     run = load_run(args.run)
-    rows = request_rows(run, args.data_dir, 64 * 16)
+    rows = request_rows(moved_data(run.config.data, args.data_dir.resolve()), run.encoder.schema, 64 * 16)
     folder = Path(tempfile.mkdtemp(prefix="genctr-serve-bench-"))
     for backend in dict.fromkeys(c[0] for c in todo):
         port = free_port()

@@ -60,3 +60,29 @@ def test_frappe_log_rows_reencode_like_libfm():
     positives = test.filter(test["label"] == 1).select(FIELDS)
     assert positives.join(log.unique(), on=list(FIELDS), how="anti").height == 0
     assert np.isin(test["item"].to_numpy(), np.arange(4082)).all()
+
+
+def test_the_serve_benchmarks_requests_encode_like_the_test_split(ml1m):
+    """benchmarks/serve.py cuts its requests from ml1m-ctr's raw test rows (histories and genre
+    lists as lists): read and encoded as a server does, they give the test split's own tokens."""
+    import importlib.util
+    from pathlib import Path
+
+    from genctr.config import DataConfig
+    from genctr.data.encode_fast import encode_rows
+    from genctr.serve.rows import RowReader
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    data = DataConfig(source="ml1m-ctr", data_dir=str(shared("movielens-1m")))
+    rows = bench.request_rows(data, ml1m.encoder.schema, 64)
+    served = encode_rows(ml1m.encoder, RowReader(ml1m.encoder, 64).read(rows).columns)
+    test = ml1m.splits["test"]
+    expected = test.take(bench.picked_test_rows(len(test), 64))
+    for name, column in expected.tokens.items():
+        np.testing.assert_array_equal(served.tokens[name], column, err_msg=name)
+    for name, column in expected.values.items():
+        np.testing.assert_allclose(served.values[name], column, rtol=1e-6, err_msg=name)
+    assert (served.tokens["genre"][:, 0] > 1).all()  # real genres, not out-of-vocabulary text
