@@ -75,7 +75,7 @@ def prepare(source: Source, cache_dir: str | Path | None = None, mmap: bool = Tr
     """Encoded splits of `source`, from the cache when an entry with the same key exists.
     A streaming source (`stream_splits`) is encoded chunk by chunk into the entry's files."""
     if cache_dir is None:
-        if source.stream_splits() is not None:
+        if source.streams:
             raise DataError(f"source '{source.name}': streaming encodes into the cache; set "
                             "data.cache_dir (or --cache-dir)")
         return encode_source(source)

@@ -57,6 +57,11 @@ class Source(ABC):
     @abstractmethod
     def load(self) -> RawDataset: ...
 
+    @property
+    def streams(self) -> bool:
+        """Whether `stream_splits` gives chunks (without opening any file to say so)."""
+        return False
+
     def stream_splits(self) -> "dict[str, tuple[Callable[[], Iterator[pl.DataFrame]], int]] | None":
         """Per split, a fresh pass over its rows in chunks and its row count, when the source
         is to be encoded out of core (genctr.data.stream); None: `load` reads it whole."""

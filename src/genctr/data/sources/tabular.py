@@ -73,8 +73,12 @@ class Tabular(Source):
     def schema(self) -> Schema:
         return load_schema(self._path(self.options.schema_file))
 
+    @property
+    def streams(self) -> bool:
+        return bool(self.options.stream)
+
     def stream_splits(self) -> dict[str, tuple[Callable[[], Iterator[pl.DataFrame]], int]] | None:
-        if not self.options.stream:
+        if not self.streams:
             return None
         opts = self.options
         paths = {"train": opts.train, "valid": opts.valid, "test": opts.test}
