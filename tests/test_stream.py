@@ -57,7 +57,13 @@ def source(folder, suffix, **options):
 
 
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
-def test_streaming_encode_equals_the_in_memory_encode(tmp_path, suffix):
+def test_streaming_encode_equals_the_in_memory_encode(tmp_path, suffix, monkeypatch):
+    import genctr.data.stream as stream
+
+    merges = []
+    merge = stream._ValueCounter.merge
+    monkeypatch.setattr(stream, "PENDING_ROWS", 20)  # counts merged after every chunk
+    monkeypatch.setattr(stream._ValueCounter, "merge", lambda self: merges.append(1) or merge(self))
     write_splits(tmp_path, suffix)
     whole = prepare(source(tmp_path, suffix), tmp_path / "cache")
     streamed = prepare(source(tmp_path, suffix, stream=True, chunk_rows=97), tmp_path / "cache")
@@ -69,6 +75,7 @@ def test_streaming_encode_equals_the_in_memory_encode(tmp_path, suffix):
         np.testing.assert_array_equal(other.counts, state.counts, err_msg=field)
         assert other.edges == state.edges, field
         assert other.mean == pytest.approx(state.mean) and other.std == pytest.approx(state.std)
+    assert len(merges) > 3  # and the CSV is read in several blocks too
     for name, split in whole.splits.items():
         mine = streamed.splits[name]
         assert isinstance(mine.label, np.memmap)

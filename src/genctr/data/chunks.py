@@ -64,9 +64,10 @@ def _arrow_batches(path: Path, chunk_rows: int, separator: str) -> Iterator[pa.R
     with path.open("r", newline="", errors="replace") as handle:
         names = next(csv.reader(handle, delimiter=separator), [])
         sample = [len(line) for _, line in zip(range(1000), handle)]
-    # bytes per block: about chunk_rows lines of the length of the first thousand
+    # bytes per block: about chunk_rows lines of the length of the first thousand, and room for
+    # a line 8x the longest of them (a row may not straddle two blocks)
     line_bytes = sum(sample) / max(len(sample), 1) or 1
-    block = int(min(max(line_bytes * chunk_rows, 1 << 16), 1 << 30))
+    block = int(min(max(line_bytes * chunk_rows, 8 * max(sample, default=1), 1 << 12), 1 << 30))
     reader = pacsv.open_csv(
         path,
         read_options=pacsv.ReadOptions(block_size=block),

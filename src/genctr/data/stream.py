@@ -27,15 +27,17 @@ from genctr.errors import DataError
 from genctr.schema import FieldKind, FieldSpec, Schema
 
 NUMERIC_SAMPLE = 2_000_000  # values per numeric field kept to place quantile bin edges
-MERGE_ROWS = 4_000_000  # pending count rows of a field that trigger a merge
+PENDING_ROWS = 8_000_000  # unmerged count rows over all fields that trigger merging the largest
 
 Chunks = Callable[[], Iterator[pl.DataFrame]]  # a fresh pass over one split's rows
 
 
 @dataclass
 class _ValueCounter:
-    """Exact occurrences per value over chunks, merged when the pending frames grow."""
+    """Exact occurrences per value over chunks: the merged counts so far, and the chunks'
+    counts not merged into them yet."""
 
+    merged: pl.DataFrame | None = None
     pending: list[pl.DataFrame] = field(default_factory=list)
     pending_rows: int = 0
 
@@ -43,15 +45,24 @@ class _ValueCounter:
         counted = count_values(values)
         self.pending.append(counted)
         self.pending_rows += counted.height
-        if self.pending_rows > MERGE_ROWS and len(self.pending) > 1:
-            self.pending = [self.total()]
-            self.pending_rows = self.pending[0].height
+
+    def merge(self) -> None:
+        self.merged = self.total()
+        self.pending, self.pending_rows = [], 0
 
     def total(self) -> pl.DataFrame:
-        if not self.pending:
+        parts = ([] if self.merged is None else [self.merged]) + self.pending
+        if not parts:
             return pl.DataFrame({"value": [], "n": []}, schema={"value": pl.String, "n": pl.Int64})
-        merged = pl.concat(self.pending, how="vertical_relaxed")
+        merged = pl.concat(parts, how="vertical_relaxed")
         return merged.group_by("value").agg(pl.col("n").sum())
+
+
+def _bound_pending(counters: dict[str, _ValueCounter]) -> None:
+    """Merge the fields with the most unmerged rows until all fields together hold at most
+    PENDING_ROWS: memory stays near the vocabularies' size, whatever the number of fields."""
+    while counters and sum(c.pending_rows for c in counters.values()) > PENDING_ROWS:
+        max(counters.values(), key=lambda c: c.pending_rows).merge()
 
 
 @dataclass
@@ -110,6 +121,7 @@ def fit_streaming(schema: Schema, train: Chunks, train_rows: int) -> FeatureEnco
                     counters[spec.name].add(code_strings(log_square_codes(x[~np.isnan(x)])))
             else:
                 counters[spec.name].add(field_values(column, spec, raw, rows))
+        _bound_pending(counters)
     if seen == 0:
         raise DataError(f"{schema.name}: the 'train' split is empty")
     encoder = FeatureEncoder(schema)
