@@ -59,4 +59,5 @@ def test_report_renders_serve_and_scale_records(tmp_path):
     assert "| 0.93 |" in text  # 28k over 30k rows/s at the smallest size
     assert "3.0x" in text  # FuxiCTR's encode seconds over genctr's
     assert (tmp_path / "plots" / "scale.png").is_file()
-    assert "| torch | plain | 1 | 8 | 900 | 900 | 8.00 | 20.00 | 0 | 500 → 510 |" in text
+    # a record from before the settings were recorded: the server's defaults then
+    assert "| torch | plain | 2 | default | 1 | 8 | 900 | 900 | 8.00 | 20.00 | 0 | 500 → 510 |" in text
