@@ -201,7 +201,7 @@ def test_served_rows_take_the_python_path_and_encode_exactly_like_polars(monkeyp
     with monkeypatch.context() as patched:  # the polars path is not taken
         patched.setattr(encoder, "encode_frame", lambda *args, **kwargs: pytest.fail("polars path"))
         _same_columns(encode_rows(encoder, columns), full)
-    many = {column: values * 100 for column, values in columns.items()}  # over FAST_ROWS: polars
+    many = {column: values * 500 for column, values in columns.items()}  # a large micro-batch
     _same_columns(encode_rows(encoder, many), encoder.encode_frame(
         columns_frame(encoder.schema, many), with_label=False))
 
