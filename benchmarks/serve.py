@@ -9,8 +9,8 @@ model), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST
 bodies cut from the test split's raw rows (varied per request) for `--seconds`; one record per
 cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
 socket errors), the server's RSS before and after and its settings (micro-batch wait, forward
-threads). Cells already recorded for this run, commit and settings are skipped (resumable). The server runs as its own process (`genctr serve`), started
-once per backend.
+threads). Cells already recorded for this run, commit and settings are skipped (resumable).
+The server runs as its own process (`genctr serve`), started once per backend.
 """
 
 from __future__ import annotations

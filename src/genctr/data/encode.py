@@ -4,9 +4,9 @@ Follows scikit-learn's contract: `fit` learns state from the training rows alone
 applies it, and the state round-trips through files: encoder.json (schema, bins, scaling) and
 encoder.vocab.parquet beside it (every vocabulary with its train counts). Vocabularies stay
 Arrow columns (polars Series), not Python lists: 2M eight-character values take about 8-16
-bytes each as a polars string column and about 72 as Python strings in a list (issue 15). Everything is vectorised with polars and numpy: there is no Python
-loop over rows. Token ids: 0 is padding, 1 is out-of-vocabulary (or a missing numeric), real
-values start at 2.
+bytes each as a polars string column and about 72 as Python strings in a list (issue 15).
+Everything is vectorised with polars and numpy: there is no Python loop over rows. Token ids:
+0 is padding, 1 is out-of-vocabulary (or a missing numeric), real values start at 2.
 """
 
 from __future__ import annotations

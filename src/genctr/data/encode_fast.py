@@ -48,14 +48,13 @@ def encode_rows(encoder: FeatureEncoder, columns: dict[str, list]) -> EncodedSpl
 
 def columns_frame(schema: Schema, columns: dict[str, list]) -> pl.DataFrame:
     """Request columns as the text frame a CSV file would give: numbers as their text
-    (`repr` of a float reads back to the same float), list fields as List[String]."""
+    (`str` of a float reads back to the same float), list fields as List[String]."""
     specs = {spec.source_column: spec for spec in schema.fields}
     data, types = {}, {}
     for column, values in columns.items():
         spec = specs.get(column)
         if spec is not None and spec.kind is FieldKind.numeric:
-            values = [v if v is None or isinstance(v, str) else repr(v) if isinstance(v, float)
-                      else str(v) for v in values]
+            values = [v if v is None or isinstance(v, str) else str(v) for v in values]
         data[column] = values
         types[column] = pl.List(pl.String) if spec is not None and spec.is_list else pl.String
     return pl.DataFrame(data, schema=types)
