@@ -102,6 +102,7 @@ def _bad_requests(good: dict) -> list[tuple[str, object, int, str]]:
          "missing field(s) ['device']"),
         ("text for a number", {"rows": [good | {"price": "cheap"}]}, 422, "field 'price'"),
         ("infinite number", {"rows": [good | {"price": "inf"}]}, 422, "field 'price'"),
+        ("integer beyond a float", {"rows": [good | {"price": 10 ** 400}]}, 422, "field 'price'"),
         ("boolean", {"rows": [good | {"gender": True}]}, 422, "field 'gender'"),
         ("float for a category", {"rows": [good | {"age": 3.5}]}, 422, "field 'age'"),
         ("object for a category", {"rows": [good | {"region": {"a": 1}}]}, 422, "field 'region'"),

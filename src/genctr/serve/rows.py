@@ -112,7 +112,11 @@ def _raw_value(value: Any, spec: FieldSpec, row: int, column: str) -> str | floa
         raise refuse("a valid value")
     if spec.kind is FieldKind.numeric:
         if isinstance(value, (int, float)):
-            if not math.isfinite(value):
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an integer beyond every float
+                finite = False
+            if not finite:
                 raise refuse("a finite number")
             return value
         if isinstance(value, str):
