@@ -149,6 +149,33 @@ def test_computing_only_the_label_token_gives_the_full_forward_label_vector(smal
     torch.testing.assert_close(label[:, 0], full[:, model.denoiser.label_token], rtol=1e-5, atol=1e-6)
 
 
+def test_pooled_sequence_tokens_give_the_history_one_token_reconstructed_as_a_set(small_synthetic, tmp_path):
+    fields = field_infos(small_synthetic.encoder)
+    positions = build_network(fields, PretrainOptions())
+    pooled = build_network(fields, PretrainOptions(denoiser={"sequence_tokens": "pooled"}))
+    assert pooled.denoiser.num_tokens == len(fields) + 1  # one per field and the label
+    assert positions.denoiser.num_tokens > pooled.denoiser.num_tokens
+    history = next(f for f in fields if f.name == "hist_items")
+    assert pooled.heads.kind(history) == "set" and positions.heads.kind(history) != "set"
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 128))
+    masks = pooled.masks(batch, torch.Generator().manual_seed(1))
+    assert masks.positions == {}
+    hidden = pooled.denoiser(batch, masks)
+    losses = pooled.heads(hidden, batch, masks, pooled.denoiser)
+    where = [f.name for f in fields].index("hist_items")
+    assert losses.present[where] and torch.isfinite(losses.losses).all()
+    # the fine-tuned model takes the option from the pre-training and scores rows
+    folder = tmp_path / "pooled"
+    pretrain_run(PretrainConfig(data=DATA, pretrain={"epochs": 1, "batch_size": 256,
+                                                     "denoiser": {"sequence_tokens": "pooled"}}),
+                 folder, log=lambda line: None)
+    config = RunConfig(data=DATA, model={"name": "hetegen"}, init_from=str(folder),
+                       train={"batch_size": 256, "epochs": 1, "seed": 1, "progress": False})
+    run, _, metrics = train_run(config, tmp_path / "ft", dataset=small_synthetic, log=lambda line: None)
+    assert run.model.denoiser.num_tokens == len(fields) + 1
+    assert run.config.model["sequence_tokens"] == "pooled" and metrics["test"]["auc"] > 0.55
+
+
 def test_only_masked_occurrences_contribute_to_a_field_loss(small_synthetic):
     net = build_network(field_infos(small_synthetic.encoder), PretrainOptions())
     batch = batch_of(small_synthetic.splits["train"], slice(0, 64))

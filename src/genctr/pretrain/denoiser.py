@@ -1,7 +1,8 @@
 """The denoiser: a bidirectional transformer over field tokens, with difficulty-guided attention.
 
-Tokens: one per field (a multi field's items mean-pooled), one per position of a sequence field,
-and the label last. Each token is its field's embedding (FieldEmbedding, numerics as their bin
+Tokens: one per field (a multi field's items mean-pooled), one per position of a sequence field
+(or, with `sequence_tokens: pooled`, one mean-pooled token like a multi field's), and the label
+last. Each token is its field's embedding (FieldEmbedding, numerics as their bin
 token) or, where masked, its field's learned [MASK] vector, plus a learned field-identity vector
 (fields have no order between them) and, inside a sequence, a position vector.
 
@@ -26,7 +27,7 @@ from genctr.schema import FieldKind, Strict
 
 
 TRANSFORMER_KEYS = ("d_model", "layers", "heads", "ffn_multiple", "dropout", "attention",
-                    "guidance", "guidance_detach")
+                    "guidance", "guidance_detach", "sequence_tokens")
 
 
 class DenoiserOptions(Strict):
@@ -43,6 +44,9 @@ class DenoiserOptions(Strict):
     guidance: Literal["none", "query", "key"] = Field(
         "query", description="scale this side of a field's tokens by exp(-s_f/2)")
     guidance_detach: bool = Field(True, description="no gradient from attention into s")
+    sequence_tokens: Literal["positions", "pooled"] = Field(
+        "positions", description="a sequence field as one token per position, or as one "
+        "mean-pooled token (reconstructed as a set, like a multi field; fewer tokens, cheaper)")
     input_scaling: bool = Field(
         False, description="model backbones: multiply each field's input embedding by "
         "exp(-s_f/2) (s detached) while pre-training, the difficulty guidance of a body without "
@@ -152,7 +156,9 @@ class Denoiser(nn.Module):
         self.mask_vectors = nn.Parameter(torch.randn(self.num_fields + 1, width) * 0.02)
         self.field_identity = nn.Parameter(torch.randn(self.num_fields + 1, width) * 0.02)
         self.label_embedding = nn.Embedding(2, width)
-        self.sequences = {f.name: f.max_len for f in fields if f.kind is FieldKind.sequence}
+        # sequence fields with a token per position (none when they are pooled)
+        self.sequences = ({f.name: f.max_len for f in fields if f.kind is FieldKind.sequence}
+                          if options.sequence_tokens == "positions" else {})
         self.positions = nn.ParameterDict({name: nn.Parameter(torch.randn(length, width) * 0.02)
                                            for name, length in self.sequences.items()})
         token_field, self.slices = [], {}

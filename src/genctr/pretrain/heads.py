@@ -4,7 +4,7 @@ Each field projects its token's contextual vector and scores it against its own 
 embedding table: full softmax for small vocabularies, cosine sampled softmax with in-batch
 negatives (the distinct targets of the batch) and a temperature above `sampled_above`; a multi
 field is reconstructed as a set (binary cross-entropy over its vocabulary); a sequence field
-position by position, sharing its owner's vocabulary; the label by a 2-way softmax.
+position by position, sharing its owner's vocabulary (as a set when the denoiser pools it); the label by a 2-way softmax.
 ℓ_f is the mean loss over the masked occurrences of field f in the batch; a field with none
 is marked absent and contributes nothing.
 """
@@ -58,9 +58,10 @@ def cosine_softmax_loss(query: torch.Tensor, table: torch.Tensor, targets: torch
     return loss, accuracy
 
 
-def head_kind(info: FieldInfo, options: HeadOptions) -> str:
-    """How a field is reconstructed: "set" (multi), "sampled" or "softmax" by vocabulary size."""
-    if info.kind is FieldKind.multi:
+def head_kind(info: FieldInfo, options: HeadOptions, pooled_sequences: bool = False) -> str:
+    """How a field is reconstructed: "set" (multi, or a sequence pooled into one token),
+    "sampled" or "softmax" by vocabulary size."""
+    if info.kind is FieldKind.multi or (pooled_sequences and info.kind is FieldKind.sequence):
         return "set"
     return "sampled" if info.vocab_size > options.sampled_above else "softmax"
 
@@ -95,15 +96,17 @@ def set_loss(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor
 
 
 class FieldHeads(nn.Module):
-    def __init__(self, fields: list[FieldInfo], width: int, options: HeadOptions) -> None:
+    def __init__(self, fields: list[FieldInfo], width: int, options: HeadOptions,
+                 pooled_sequences: bool = False) -> None:
         super().__init__()
         self.fields = fields
         self.options = options
+        self.pooled_sequences = pooled_sequences  # the denoiser gives a sequence one token
         self.project = nn.ModuleDict({f.name: nn.Linear(width, width) for f in fields})
         self.label = nn.Linear(width, 2)
 
     def kind(self, info: FieldInfo) -> str:
-        return head_kind(info, self.options)
+        return head_kind(info, self.options, self.pooled_sequences)
 
     def forward(self, hidden: torch.Tensor, batch: Batch, masks: Masks, denoiser: Denoiser) -> FieldLosses:
         """Per-field losses of the masked occurrences; `hidden` [B, T, d] from the denoiser."""
@@ -114,7 +117,7 @@ class FieldHeads(nn.Module):
         for i, info in enumerate(self.fields):
             tokens = batch.tokens[info.name]
             span = denoiser.slices[info.name]
-            if info.kind is FieldKind.sequence:
+            if info.name in denoiser.sequences:
                 where = masks.positions[info.name]  # [B, L]
                 states, targets = hidden[:, span][where], tokens[where].long()
             else:

@@ -35,6 +35,8 @@ class HeteGenOptions(ModelOptions):
     attention: Literal["softmax", "silu"] = "softmax"
     guidance: Literal["none", "query", "key"] = "none"
     guidance_detach: bool = True
+    sequence_tokens: Literal["positions", "pooled"] = Field(
+        "positions", description="a sequence field as a token per position or one pooled token")
     scorer: Literal["label", "mlp"] = Field("label", description="label head, or an MLP over all tokens")
     scorer_units: list[int] = Field(default_factory=lambda: [200, 200])
     dnn_units: list[int] = Field(default_factory=list, description="AutoInt+-style DNN branch: "
@@ -54,14 +56,16 @@ class HeteGenOptions(ModelOptions):
         return DenoiserOptions(d_model=self.embedding_dim, layers=self.layers, heads=self.heads,
                                ffn_multiple=self.ffn_multiple, dropout=self.dropout,
                                attention=self.attention, guidance=self.guidance,
-                               guidance_detach=self.guidance_detach)
+                               guidance_detach=self.guidance_detach,
+                               sequence_tokens=self.sequence_tokens)
 
     @staticmethod
     def from_denoiser(options: DenoiserOptions) -> dict:
         """This model's keys for a pre-trained denoiser's options (its architecture keys)."""
         return {"embedding_dim": options.d_model, "layers": options.layers, "heads": options.heads,
                 "ffn_multiple": options.ffn_multiple, "attention": options.attention,
-                "guidance": options.guidance, "guidance_detach": options.guidance_detach}
+                "guidance": options.guidance, "guidance_detach": options.guidance_detach,
+                "sequence_tokens": options.sequence_tokens}
 
 
 @register_model

@@ -11,7 +11,6 @@ from genctr.pretrain.balance import Balancer, BalancerOptions
 from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
 from genctr.pretrain.denoiser import Denoiser, DenoiserOptions
 from genctr.pretrain.heads import FieldHeads, FieldLosses, HeadOptions
-from genctr.schema import FieldKind
 
 
 class GenerativeNet(nn.Module):
@@ -20,9 +19,10 @@ class GenerativeNet(nn.Module):
         super().__init__()
         self.fields = fields
         self.denoiser = Denoiser(fields, denoiser)
-        self.heads = FieldHeads(fields, denoiser.d_model, heads)
+        self.heads = FieldHeads(fields, denoiser.d_model, heads,
+                                pooled_sequences=denoiser.sequence_tokens == "pooled")
         self.balancer = Balancer(balancer, len(fields) + 1)
-        sequence_index = {f.name: i for i, f in enumerate(fields) if f.kind is FieldKind.sequence}
+        sequence_index = {f.name: i for i, f in enumerate(fields) if f.name in self.denoiser.sequences}
         self.corruption = Corruption(corruption, len(fields), sequence_index)
 
     def field_names(self) -> list[str]:
