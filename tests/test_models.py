@@ -10,7 +10,7 @@ from genctr.data.sources import make_source
 from genctr.data.store import encode_source
 import genctr.pretrain  # noqa: F401  (registers hetegen)
 from genctr.models import MODELS, build_model
-from genctr.nn.embedding import field_infos
+from genctr.nn.embedding import field_infos, set_neutral_mode
 from genctr.runs import train_run
 from genctr.schema import OOV
 from genctr.train import predict_split
@@ -71,6 +71,25 @@ def test_neutral_embedding_is_the_training_frequency_weighted_mean(learnable):
         expected = counts @ weights / counts.sum()
         np.testing.assert_allclose(neutral[embedding.field_index(field)].detach().numpy(),
                                    expected, rtol=1e-5, atol=1e-7)
+
+
+def test_neutral_embedding_is_reused_while_scoring_until_a_table_changes(learnable):
+    model = build_model("dnn", field_infos(learnable.encoder), {"hidden_units": [8]})
+    embedding = model.embedding
+    with torch.no_grad():
+        first = embedding.neutral()
+        assert embedding.neutral() is first  # nothing changed: the same tensor
+        embedding.tables["item_id"].weight.mul_(3.0)  # an optimizer step or a loaded checkpoint
+        changed = embedding.neutral()
+    item = embedding.field_index("item_id")
+    assert changed is not first
+    torch.testing.assert_close(changed[item], 3.0 * first[item])
+    torch.testing.assert_close(changed, embedding._neutral())
+    set_neutral_mode(model, "zero")
+    with torch.no_grad():
+        assert embedding.neutral().abs().sum() == 0  # the mode is part of what is reused
+    set_neutral_mode(model, "mean")
+    assert embedding.neutral().requires_grad  # with gradients on it is computed afresh
 
 
 def test_a_dropped_field_receives_the_neutral_embedding_and_others_do_not_change(learnable):

@@ -74,6 +74,7 @@ class FieldEmbedding(nn.Module):
         # [F] per-field factors on the output, set only while a backbone pre-trains with
         # input scaling (genctr.pretrain.backbone); never saved, never transferred
         self.input_scale: torch.Tensor | None = None
+        self._neutral_cache: tuple[tuple, torch.Tensor] | None = None  # see neutral()
         self.tables = nn.ModuleDict()
         frequencies = {}
         for f in fields:
@@ -112,6 +113,20 @@ class FieldEmbedding(nn.Module):
         field's training-frequency-weighted mean embedding (for a `scaled` numeric field: its
         missing-value vector, the embedding of 'value unknown'); "zero"; or "learned".
         ("mask" is handled by a model that owns a [MASK] state, before the embedding.)"""
+        inputs = self._neutral_inputs()
+        if torch.is_grad_enabled() or any(t.is_inference() for t in inputs):
+            return self._neutral()  # training through the vectors, or no version counters
+        # scoring: reused until a table, vector or buffer changes (in place or replaced), so a
+        # served request with dropped fields does not recompute F frequency-weighted means
+        state = (self.neutral_mode, *((t.data_ptr(), t._version) for t in inputs))
+        if self._neutral_cache is None or self._neutral_cache[0] != state:
+            self._neutral_cache = (state, self._neutral().detach())
+        return self._neutral_cache[1]
+
+    def _neutral_inputs(self) -> list[torch.Tensor]:
+        return [*self.parameters(), *self.buffers()]
+
+    def _neutral(self) -> torch.Tensor:
         if self.neutral_mode == "zero":
             return torch.zeros(len(self.fields), self.dim, device=self.tables_device())
         if self.neutral_mode == "learned":

@@ -102,9 +102,10 @@ class FrequencyIndex:
         values = {f.name: field_value_column(tokens[f.name]) for f in self.fields}
         keys = {}
         for order, combos in self.combos.items():
-            if combos:
-                keys[order] = np.stack([combine(self._combo_id(order, i), [values[n] for n in c])
-                                        for i, c in enumerate(combos)], axis=1)
+            if combos:  # all combinations of an order at once: member j of each in column j
+                ids = np.array([self._combo_id(order, i) for i in range(len(combos))])
+                members = [np.stack([values[c[j]] for c in combos], axis=1) for j in range(order)]
+                keys[order] = combine(ids, members)
         return keys
 
     @staticmethod

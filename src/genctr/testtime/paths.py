@@ -6,6 +6,7 @@ a batch run in one forward over the batch tiled M times.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from genctr.data.batches import Batch
@@ -33,20 +34,21 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
     if base_drop is not None:
         keep &= ~base_drop
     positions = torch.from_numpy(index.field_positions())
-    instance = torch.arange(rows)
+    instance = np.arange(rows)
+    kept = keep.numpy()  # the combination walk in numpy: a small op costs a tenth of torch's
     for order in (2, 3):
         if order not in conf.orders:
             continue
         members = positions[torch.from_numpy(index.pair_members(order))]  # [C, order] model fields
-        weakest = members[torch.arange(len(members)), fields[:, members].argmin(dim=-1)]  # [B, C]
-        combo_conf = torch.from_numpy(conf.orders[order])  # [B, C]
-        draws = torch.rand(paths, rows, len(members), generator=generator)
+        weakest = members[torch.arange(len(members)), fields[:, members].argmin(dim=-1)].numpy()  # [B, C]
+        combo_conf = conf.orders[order]  # [B, C]
+        draws = torch.rand(paths, rows, len(members), generator=generator).numpy()
         for c, combo in enumerate(members.tolist()):
             drop_one = draws[:, :, c] >= combo_conf[:, c]  # [paths, B]
             for field in combo:
-                drop_one &= keep[:, :, field]
+                drop_one &= kept[:, :, field]
             victim = weakest[:, c]
-            keep[:, instance, victim] &= ~drop_one
+            kept[:, instance, victim] &= ~drop_one
     return ~keep
 
 

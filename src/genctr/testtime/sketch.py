@@ -26,10 +26,12 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def combine(combination: int, columns: list[np.ndarray]) -> np.ndarray:
-    """uint64 [N] keys of a combination's token columns (each int [N]); order matters."""
-    n = len(columns[0])
-    key = mix64(np.full(n, combination + 1, dtype=np.uint64) * _GOLDEN)
+def combine(combination: int | np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+    """uint64 keys of token columns; order matters. One combination id and columns int [N]
+    give keys [N]; ids [C] and columns int [N, C] (member j of every combination in column
+    j) give [N, C], the same keys as one call per combination in a few vectorised steps."""
+    ids = np.atleast_1d(np.asarray(combination, dtype=np.int64))
+    key = mix64(np.broadcast_to((ids + 1).astype(np.uint64) * _GOLDEN, columns[0].shape))
     for column in columns:
         key = mix64(key ^ (column.astype(np.int64).astype(np.uint64) + _GOLDEN))
     return key
