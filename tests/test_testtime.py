@@ -16,10 +16,10 @@ from genctr.nn.embedding import field_infos, set_neutral_mode
 from genctr.runs import evaluate_run_inference, load_run, train_run
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.evaluate import evaluate_inference, frequency_index, make_inference, predict_with
-from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
+from genctr.testtime.index import FrequencyIndex, IndexOptions, field_value_column, tokens_of
 from genctr.testtime.inference import InferenceOptions
 from genctr.testtime.paths import sample_confidence_paths
-from genctr.testtime.sketch import FrequencyCounter
+from genctr.testtime.sketch import FrequencyCounter, combine
 from genctr.testtime.budget import extra_paths, fit_threshold
 
 
@@ -90,6 +90,19 @@ def test_index_counts_are_exact_when_every_key_is_a_heavy_hitter(small_synthetic
     tokens = np.asarray(train.tokens["user_id"])
     expected = np.bincount(tokens)[tokens]
     np.testing.assert_array_equal(counts, expected)
+
+
+def test_an_orders_keys_hashed_at_once_equal_one_hash_per_combination(small_synthetic):
+    infos = field_infos(small_synthetic.encoder)
+    index = FrequencyIndex(infos, IndexOptions(order3=[["user_id", "item_id", "hour"]]))
+    tokens = tokens_of(small_synthetic.splits["test"], fields=index.names)
+    values = {name: field_value_column(column) for name, column in tokens.items()}
+    keys = index.keys_of(tokens)  # the keys a saved index was counted with must not change
+    for order, combos in index.combos.items():
+        for i, combo in enumerate(combos):
+            one = combine(order * 1_000_000 + i, [values[name] for name in combo])
+            np.testing.assert_array_equal(keys[order][:, i], one)
+    assert keys[3].shape == (len(small_synthetic.splits["test"]), 1)
 
 
 def test_index_save_and_load_give_the_same_frequencies(small_synthetic, tmp_path):
