@@ -124,7 +124,10 @@ class FieldEmbedding(nn.Module):
         return self._neutral_cache[1]
 
     def _neutral_inputs(self) -> list[torch.Tensor]:
-        return [*self.parameters(), *self.buffers()]
+        """The tensors neutral() reads (collected directly: parameters() walks every module)."""
+        inputs = [table.weight for table in self.tables.values()] + list(self.value_vectors.values())
+        inputs += [getattr(self, f"frequency_{name}") for name in self.tables]
+        return inputs if self.learned_neutral is None else inputs + [self.learned_neutral]
 
     def _neutral(self) -> torch.Tensor:
         if self.neutral_mode == "zero":
