@@ -64,31 +64,33 @@ def encode_section(records: list[dict]) -> str:
 
 def serve_section(records: list[dict]) -> str:
     """The load benchmark of `genctr serve` (benchmarks/serve.py): the newest record of each
-    cell (a cell re-measured after a change replaces its row; each row names its commit)."""
+    cell on each machine (a cell re-measured after a change replaces its row; each row names
+    its commit and machine)."""
     if not records:
         return ""
-    latest = {(r["backend"], r["inference"], r["rows_per_request"], r["clients"]): r for r in records}
-    records = sorted(latest.values(), key=lambda r: (r["rows_per_request"], r["backend"] != "torch",
-                                                     r["inference"], r["clients"]))
+    latest = {(r["machine"], r["backend"], r["inference"], r["rows_per_request"], r["clients"]): r
+              for r in records}
+    records = sorted(latest.values(), key=lambda r: (r["machine"], r["rows_per_request"],
+                                                     r["backend"] != "torch", r["inference"], r["clients"]))
     lines = ["## Serving: `genctr serve` under load",
              "",
              "Command: `.venv/bin/python benchmarks/serve.py --run RUN --data-dir ../shared/data` "
              f"(wrk on localhost, {records[-1].get('duration_s', 60):.0f} s per cell; `--cells` "
-             "re-measures some cells, and each row is the newest measurement of its cell). Machine: "
-             f"{', '.join(sorted({r['machine'] for r in records}))}; the load generator shares the "
-             "machine's cores with the server. Model: "
+             "re-measures some cells; each row is the newest measurement of its cell on the machine it "
+             "names: compare rows of one machine only). The load generator shares the machine's cores "
+             "with the server. Model: "
              f"{records[-1]['model']} on ml1m-ctr. UTTSI runs the torch model only.",
              "",
              "| backend | inference | micro-batch wait ms | threads | rows/request | clients | "
-             "requests/s | rows/s | p50 ms | p99 ms | errors | server RSS MB (start → end) | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "requests/s | rows/s | p50 ms | p99 ms | errors | server RSS MB (start → end) | commit | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         threads = r.get("threads") or "default"
         lines.append(f"| {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | {threads} | "
                      f"{r['rows_per_request']} | {r['clients']} | "
                      f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['latency_ms_p50']:.2f} | "
                      f"{r['latency_ms_p99']:.2f} | {r['errors']} | {r['rss_start_mb']:,.0f} → "
-                     f"{r['rss_end_mb']:,.0f} | `{r['commit']}` |")
+                     f"{r['rss_end_mb']:,.0f} | `{r['commit']}` | {r['machine']} |")
     return "\n".join(lines) + "\n"
 
 
