@@ -125,7 +125,7 @@ class BackboneHeads(nn.Module):
     def kind(self, info: FieldInfo) -> str:
         if not hasattr(self, "project"):
             return "replaced?"
-        return "set" if info.is_list else head_kind(info, self.options)
+        return head_kind(info, self.options, sequence_as_set=True)  # a body pools every list
 
     def reconstruct(self, hidden: torch.Tensor, batch: Batch, chosen: torch.Tensor) -> FieldLosses:
         count = len(self.fields) + 1

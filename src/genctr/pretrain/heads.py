@@ -4,7 +4,8 @@ Each field projects its token's contextual vector and scores it against its own 
 embedding table: full softmax for small vocabularies, cosine sampled softmax with in-batch
 negatives (the distinct targets of the batch) and a temperature above `sampled_above`; a multi
 field is reconstructed as a set (binary cross-entropy over its vocabulary); a sequence field
-position by position, sharing its owner's vocabulary (as a set when the denoiser pools it); the label by a 2-way softmax.
+position by position, sharing its owner's vocabulary (as a set where it has no position tokens);
+the label by a 2-way softmax.
 ℓ_f is the mean loss over the masked occurrences of field f in the batch; a field with none
 is marked absent and contributes nothing.
 """
@@ -58,10 +59,10 @@ def cosine_softmax_loss(query: torch.Tensor, table: torch.Tensor, targets: torch
     return loss, accuracy
 
 
-def head_kind(info: FieldInfo, options: HeadOptions, pooled_sequences: bool = False) -> str:
-    """How a field is reconstructed: "set" (multi, or a sequence pooled into one token),
+def head_kind(info: FieldInfo, options: HeadOptions, sequence_as_set: bool = False) -> str:
+    """How a field is reconstructed: "set" (multi, or a sequence without position tokens),
     "sampled" or "softmax" by vocabulary size."""
-    if info.kind is FieldKind.multi or (pooled_sequences and info.kind is FieldKind.sequence):
+    if info.kind is FieldKind.multi or (sequence_as_set and info.kind is FieldKind.sequence):
         return "set"
     return "sampled" if info.vocab_size > options.sampled_above else "softmax"
 
@@ -97,16 +98,16 @@ def set_loss(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor
 
 class FieldHeads(nn.Module):
     def __init__(self, fields: list[FieldInfo], width: int, options: HeadOptions,
-                 pooled_sequences: bool = False) -> None:
+                 sequence_as_set: bool = False) -> None:
         super().__init__()
         self.fields = fields
         self.options = options
-        self.pooled_sequences = pooled_sequences  # the denoiser gives a sequence one token
+        self.sequence_as_set = sequence_as_set  # the denoiser gives a sequence one pooled token
         self.project = nn.ModuleDict({f.name: nn.Linear(width, width) for f in fields})
         self.label = nn.Linear(width, 2)
 
     def kind(self, info: FieldInfo) -> str:
-        return head_kind(info, self.options, self.pooled_sequences)
+        return head_kind(info, self.options, self.sequence_as_set)
 
     def forward(self, hidden: torch.Tensor, batch: Batch, masks: Masks, denoiser: Denoiser) -> FieldLosses:
         """Per-field losses of the masked occurrences; `hidden` [B, T, d] from the denoiser."""

@@ -20,7 +20,7 @@ class GenerativeNet(nn.Module):
         self.fields = fields
         self.denoiser = Denoiser(fields, denoiser)
         self.heads = FieldHeads(fields, denoiser.d_model, heads,
-                                pooled_sequences=denoiser.sequence_tokens == "pooled")
+                                sequence_as_set=denoiser.sequence_tokens == "pooled")
         self.balancer = Balancer(balancer, len(fields) + 1)
         sequence_index = {f.name: i for i, f in enumerate(fields) if f.name in self.denoiser.sequences}
         self.corruption = Corruption(corruption, len(fields), sequence_index)
