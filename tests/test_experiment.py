@@ -31,8 +31,15 @@ def genctr(*args, cwd):
 
 def test_matrix_runs_records_skips_and_reports(tmp_path):
     (tmp_path / "exp.yaml").write_text(yaml.safe_dump(EXPERIMENT))
+    typo = genctr("run", "exp.yaml", "--seed", "3", cwd=tmp_path)
+    assert typo.returncode == 2 and "--seed 3: not in the experiment (it has 1, 2)" in typo.stdout
+    part = genctr("run", "exp.yaml", "--model", "fm", "--seed", "2", cwd=tmp_path)
+    assert part.returncode == 0, part.stdout + part.stderr
+    records = [json.loads(x) for x in (tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()]
+    assert [(r["model"], r["seed"]) for r in records] == [("fm", 2)]
     first = genctr("run", "exp.yaml", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
+    assert first.stdout.count("already recorded") == 1
     records = [json.loads(x) for x in (tmp_path / "bench/results/synthetic.jsonl").read_text().splitlines()]
     assert sorted((r["model"], r["seed"]) for r in records) == [("dnn", 1), ("dnn", 2), ("fm", 1), ("fm", 2)]
     for r in records:

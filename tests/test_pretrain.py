@@ -237,6 +237,20 @@ def test_pretraining_run_logs_fields_and_round_trips(pretrained, small_synthetic
     assert first.balancer.log_difficulty.abs().sum() > 0  # s moved from 0
 
 
+def test_pretraining_embedding_l2_keeps_the_field_tables_small(small_synthetic, tmp_path):
+    """pretrain.embedding_l2 pulls the field tables (only them) towards 0, as training's does."""
+    options = {"epochs": 1, "batch_size": 256, "learning_rate": 0.05, "heads": {"sampled_above": 100}}
+    nets = {}
+    for l2 in (0.0, 1.0):
+        pretrain_run(PretrainConfig(data=DATA, pretrain=options | {"embedding_l2": l2}), tmp_path / str(l2),
+                     dataset=small_synthetic, log=lambda line: None)
+        nets[l2] = load_pretrained(tmp_path / str(l2))[2]
+    norm = lambda net: sum(t.weight.norm() ** 2 for t in net.embedding.tables.values()).sqrt()  # noqa: E731
+    assert norm(nets[1.0]) < 0.5 * norm(nets[0.0])
+    label = lambda net: net.denoiser.label_embedding.weight.norm()  # noqa: E731
+    assert label(nets[1.0]) > 0.5 * label(nets[0.0])  # not a field table: no pull
+
+
 def test_full_transfer_fine_tunes_and_reloads_identically(pretrained, small_synthetic, tmp_path):
     config = RunConfig(data=DATA, model={"name": "hetegen"}, init_from=str(pretrained),
                        train={"batch_size": 256, "epochs": 2, "seed": 1, "progress": False})

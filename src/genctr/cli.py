@@ -326,12 +326,19 @@ def pretrain(config_file: Path, output: Optional[Path] = typer.Option(
 
 
 @app.command("run")
-def run_matrix(experiment_file: Path) -> None:
-    """Run an experiment matrix (tasks × models × seeds), skipping recorded cells."""
-    from genctr.experiment import load_experiment, run_experiment
+def run_matrix(experiment_file: Path,
+               model: list[str] = typer.Option([], "--model", help="run only this model label (repeatable)"),
+               seed: list[int] = typer.Option([], "--seed", help="run only this seed (repeatable)"),
+               pretrain: list[str] = typer.Option([], "--pretrain", help="run only cells fine-tuned "
+                                                  "from this pre-training label, or none (repeatable)")
+               ) -> None:
+    """Run an experiment matrix (tasks × models × seeds), skipping recorded cells; --model,
+    --seed and --pretrain run part of it now (the rest stays for a later run)."""
+    from genctr.experiment import CellFilter, load_experiment, run_experiment
 
     experiment = load_experiment(experiment_file)
-    ran = run_experiment(experiment, log=console.print)
+    ran = run_experiment(experiment, log=console.print,
+                         only=CellFilter(tuple(model), tuple(seed), tuple(pretrain)))
     console.print(f"{ran} cell(s) run; records in {experiment.results}. "
                   "Render the report with `genctr report`.")
 

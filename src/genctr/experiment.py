@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import dataclass
 import sys
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -21,7 +22,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from genctr.config import DataConfig, RunConfig, resolve_data_paths
-from genctr.errors import GenctrError
+from genctr.errors import ConfigError, GenctrError
 from genctr.files import append_jsonl, check_writable, read_jsonl, results_lock
 from genctr.models import model_options
 from genctr.pretrain.loop import WEIGHTS_FILE, PretrainConfig, PretrainOptions, final_field_weights
@@ -160,6 +161,33 @@ class ExperimentConfig(Strict):
                          freeze_embeddings=tuned and self.finetune[model].freeze_embeddings)
 
 
+@dataclass(frozen=True)
+class CellFilter:
+    """The part of a matrix to run now (`genctr run --model/--seed/--pretrain`), so that the
+    cells that matter first can run first; an empty tuple keeps every value. Records, folders
+    and ensembles' members are those of the whole matrix."""
+
+    models: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = ()
+    pretrains: tuple[str, ...] = ()
+
+    def check(self, experiment: "ExperimentConfig") -> None:
+        """Every named model, seed and pre-training must be in the matrix (a typo runs nothing)."""
+        known = {"--model": set(experiment.models), "--seed": set(experiment.seeds),
+                 "--pretrain": {"none", *experiment.pretrain}}
+        for option, values in (("--model", self.models), ("--seed", self.seeds),
+                               ("--pretrain", self.pretrains)):
+            unknown = [v for v in values if v not in known[option]]
+            if unknown:
+                raise ConfigError(f"{option} {', '.join(map(str, unknown))}: not in the experiment "
+                                  f"(it has {', '.join(map(str, sorted(known[option], key=str)))})")
+
+    def keeps(self, cell: tuple[str, str, int, str]) -> bool:
+        _, model, seed, pretrain = cell
+        return ((not self.models or model in self.models) and (not self.seeds or seed in self.seeds)
+                and (not self.pretrains or pretrain in self.pretrains))
+
+
 def _expand(options: dict[str, Any]) -> list[dict[str, Any]]:
     """One options dict per value of a listed `paths`, `budget` or `members`."""
     expanded = [dict(options)]
@@ -292,23 +320,27 @@ def run_inference_cells(experiment: ExperimentConfig, cell: tuple[str, str, int,
     return len(todo)
 
 
-def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = print) -> int:
-    """Train every cell not yet in the results file; returns how many cells ran.
+def run_experiment(experiment: ExperimentConfig, log: Callable[[str], None] = print,
+                   only: CellFilter = CellFilter()) -> int:
+    """Train every cell (of those `only` keeps) not yet in the results file; returns how many
+    cells ran.
 
     The results file is checked for writing before any cell trains, and locked for the whole
     run: a second `genctr run` on the same file stops with one line."""
+    only.check(experiment)
     results = Path(experiment.results)
     check_writable(results, "the results file")
     results.parent.mkdir(parents=True, exist_ok=True)
     with results_lock(results):
-        return _run_cells(experiment, results, log)
+        return _run_cells(experiment, results, log, [c for c in experiment.cells() if only.keeps(c)])
 
 
-def _run_cells(experiment: ExperimentConfig, results: Path, log: Callable[[str], None]) -> int:
+def _run_cells(experiment: ExperimentConfig, results: Path, log: Callable[[str], None],
+               cells: list[tuple[str, str, int, str]]) -> int:
     done, inference_done = recorded(results, experiment.name)
     commit = git_commit()  # of the code that runs, even if files are edited meanwhile
     ran, datasets = 0, {}
-    for cell in experiment.cells():
+    for cell in cells:
         task, model, seed, pretrain = cell
         config = experiment.run_config(task, model, seed, pretrain)
         run_dir = experiment.run_folder(task, model, seed, pretrain)
@@ -319,7 +351,7 @@ def _run_cells(experiment: ExperimentConfig, results: Path, log: Callable[[str],
             if pretrain != "none":
                 _pretrain_cell(experiment, task, pretrain, seed, log)
             ran += _train_cell(experiment, cell, config, run_dir, results, commit, log)
-    for cell in experiment.cells() if experiment.inference else []:  # ensembles need every seed
+    for cell in cells if experiment.inference else []:  # after training: ensembles need every seed
         run_dir = experiment.run_folder(*cell)
         ran += run_inference_cells(experiment, cell, run_dir, inference_done, datasets, log, commit)
     return ran

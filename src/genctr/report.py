@@ -19,6 +19,11 @@ its records.
 """
 
 
+def _seed_list(records: list[dict]) -> str:
+    """'1,2,3': the seeds of a table row in order, whatever order the cells ran in."""
+    return ",".join(str(seed) for seed in sorted({r["seed"] for r in records}))
+
+
 def newest_commit(records: list[dict]) -> tuple[str, list[dict]]:
     """The commit of the last record and the records measured at it (a re-run replaces them)."""
     newest = records[-1]["commit"]
@@ -201,7 +206,7 @@ def training_section(task: str, records: list[dict], plots_dir: Path, plot_stem:
         cell = lambda key, fmt: fmt.format(median(r[key] for r in rs)) if all(  # noqa: E731
             r.get(key) is not None for r in rs) else ""
         lines.append(
-            f"| {label} | {','.join(str(r['seed']) for r in rs)} | {_mean_std(aucs)} | "
+            f"| {label} | {_seed_list(rs)} | {_mean_std(aucs)} | "
             f"{_mean_std([r['test_logloss'] for r in rs])} | {_mean_std(gaucs)} | {versus} | "
             f"{cell('epochs', '{:.0f}')} | {cell('epoch_seconds', '{:.2f}')} | "
             f"{cell('train_samples_per_s', '{:,.0f}')} | {cell('peak_rss_mb', '{:,.0f}')} |")
@@ -308,7 +313,7 @@ def testtime_section(task: str, records: list[dict], plots_dir: Path, plot_stem:
                       f"{median(x['single_p99_ms'] for x in latency):.2f}" if all(latency) else "")
             batch = f"{median(x['batch4096_p50_ms'] for x in latency):.0f}" if all(latency) else ""
             lines.append(
-                f"| {inference} | {variant} | {','.join(str(r['seed']) for r in rs)} | "
+                f"| {inference} | {variant} | {_seed_list(rs)} | "
                 f"{_mean_std([r['test_auc'] for r in rs])} | {versus} | "
                 f"{_mean_std([r['test_logloss'] for r in rs])} | "
                 f"{np.mean([r['calibration']['ece'] for r in rs]):.4f} | "
@@ -389,7 +394,7 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
             seconds = f"{mine:.1f} ({ratio:.2f}x)"
         scratch_runs = by_seed(model) if pretrain != "none" else {}
         segments = [_segment_cell(rs, scratch_runs, s) for s in segment_names]
-        lines.append(f"| {label} | {','.join(str(r['seed']) for r in rs)} | "
+        lines.append(f"| {label} | {_seed_list(rs)} | "
                      f"{_mean_std([r['test_auc'] for r in rs])} | {_mean_std([r['test_logloss'] for r in rs])} | "
                      f"{_versus(rs, by_seed(scratch))} | "
                      f"{_versus(rs, by_seed(model)) if pretrain != 'none' else ''} | "
@@ -442,7 +447,7 @@ def label_scarce_section(task: str, records: list[dict], segment: str = "cold") 
             cell = _segment_cell(rs, base, segment) if label != tuned else ""
             mark = " ✓" if label == tuned else ""
             lines.append(f"| {label}{mark} | {rs[0].get('transfer', 'none')} | "
-                         f"{','.join(str(r['seed']) for r in rs)} | "
+                         f"{_seed_list(rs)} | "
                          f"{_mean_std([r['valid_auc'] for r in rs])} | {_mean_std([r['test_auc'] for r in rs])} | "
                          f"{_mean_std([r['test_logloss'] for r in rs])} | {delta} | {cell} |")
         lines.append("")

@@ -27,7 +27,7 @@ from genctr.data.batches import Batch
 from genctr.errors import ConfigError
 from genctr.models import build_model
 from genctr.models.base import CTRModel
-from genctr.nn.embedding import FieldInfo
+from genctr.nn.embedding import FieldEmbedding, FieldInfo
 from genctr.pretrain.balance import Balancer, BalancerOptions
 from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
 from genctr.pretrain.heads import FieldLosses, HeadOptions, field_loss, head_kind
@@ -60,6 +60,11 @@ class BackboneNet(nn.Module):
         if input_scaling and self.balancer.log_difficulty is None:
             raise ConfigError("pretrain.denoiser.input_scaling needs a learned difficulty: "
                               "balancer self_balancing or proportional, not uniform")
+
+    @property
+    def embedding(self) -> FieldEmbedding:
+        """The backbone's field tables (what embedding transfer carries into another backbone)."""
+        return self.backbone.embedding
 
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields] + ["label"]

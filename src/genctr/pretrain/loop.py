@@ -39,7 +39,8 @@ from genctr.schema import Strict, parse_model, read_yaml
 from genctr.distributed import Distributed, current as current_distributed
 from genctr.rundir import check_config_unchanged, open_run_folder_on_ranks, require_run_file, validate_run_name
 from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime, resolve_device
-from genctr.train import DivergenceGuard, TrainingDiverged, apply_step, load_weights, seed_everything
+from genctr.train import (DivergenceGuard, TrainingDiverged, apply_step, load_weights,
+                          regularization, seed_everything)
 
 CONFIG_FILE = "config.yaml"
 ENCODER_FILE = "encoder.json"
@@ -62,6 +63,9 @@ class PretrainOptions(Strict):
     batch_size: int = Field(2048, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     grad_clip: float | None = Field(10.0, gt=0)
+    embedding_l2: float = Field(0.0, ge=0, description="λ/2·‖field tables‖² per step, as "
+                                "`train.embedding_l2`: keeps the pre-trained tables at the scale "
+                                "a fine-tuning with embedding L2 holds them (0: none)")
     seed: int = 2024
     device: str = Field("auto", pattern=f"^({DEVICE_PATTERN})$", description=DEVICE_HELP)
     bf16: bool = False
@@ -174,8 +178,9 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
             masks = net.masks(batch, generator).to(runtime.device)  # drawn on the host generator
             with runtime.autocast():
                 loss, weights, field_losses = net.losses(batch, masks)
+            penalty = regularization(net.embedding, options.embedding_l2, 0.0)
             try:
-                apply_step(optimizer, loss, others, options.grad_clip,
+                apply_step(optimizer, loss + penalty, others, options.grad_clip,
                            after_backward=lambda: ranks.average_gradients(net.parameters()))
                 guard.check(float(loss.detach()))
             except TrainingDiverged as diverged:

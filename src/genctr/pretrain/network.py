@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from genctr.data.batches import Batch
-from genctr.nn.embedding import FieldInfo
+from genctr.nn.embedding import FieldEmbedding, FieldInfo
 from genctr.pretrain.balance import Balancer, BalancerOptions
 from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
 from genctr.pretrain.denoiser import Denoiser, DenoiserOptions
@@ -24,6 +24,11 @@ class GenerativeNet(nn.Module):
         self.balancer = Balancer(balancer, len(fields) + 1)
         sequence_index = {f.name: i for i, f in enumerate(fields) if f.name in self.denoiser.sequences}
         self.corruption = Corruption(corruption, len(fields), sequence_index)
+
+    @property
+    def embedding(self) -> FieldEmbedding:
+        """The field tables (what embedding transfer carries into another backbone)."""
+        return self.denoiser.embedding
 
     def field_names(self) -> list[str]:
         return [f.name for f in self.fields] + ["label"]

@@ -80,10 +80,9 @@ def transfer_pretrained(model: CTRModel, folder: str | Path, encoder: FeatureEnc
     elif backbone is not None and model.name == backbone.name and transfer == "full":
         moved = _load_matching(model, backbone)
     else:
-        embedding = backbone.embedding if backbone is not None else net.denoiser.embedding
         moved = []
         for table, weights in model.embedding.tables.items():
-            source = embedding.tables[table].weight
+            source = net.embedding.tables[table].weight
             if source.shape != weights.weight.shape:
                 raise ConfigError(f"embedding transfer: table '{table}' is {tuple(weights.weight.shape)} "
                                   f"here but {tuple(source.shape)} in {folder}; set embedding_dim "
