@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -180,7 +180,7 @@ class CellFilter:
             unknown = [v for v in values if v not in known[option]]
             if unknown:
                 raise ConfigError(f"{option} {', '.join(map(str, unknown))}: not in the experiment "
-                                  f"(it has {', '.join(map(str, sorted(known[option], key=str)))})")
+                                  f"(it has {', '.join(map(str, sorted(known[option])))})")
 
     def keeps(self, cell: tuple[str, str, int, str]) -> bool:
         _, model, seed, pretrain = cell
