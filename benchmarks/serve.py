@@ -2,14 +2,16 @@
 on a 2-core machine; `apt-get install wrk`), on localhost only, bounded in time.
 
     .venv/bin/python benchmarks/serve.py --run RUN_DIR --data-dir ../shared/data [--seconds 60]
-        [--max-wait-ms 2] [--threads N] [--cells torch:plain:1:8 ...] [--results FILE]
+        [--max-wait-ms 2] [--threads N] [--no-freeze-gc] [--cells torch:plain:1:8 ...] [--results FILE]
 
 For each backend (torch; onnx), inference (plain; uttsi@2.0, torch only: UTTSI runs the torch
 model), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST /predict with
 bodies cut from the test split's raw rows (varied per request) for `--seconds`; one record per
 cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
 socket errors), the server's RSS before and after and its settings (micro-batch wait, forward
-threads). Cells already recorded for this run, commit and settings are skipped (resumable).
+threads, whether the garbage collector was frozen at start) and the collector's pauses during the
+cell, from the server's /metrics (count and seconds per generation). Cells already recorded for
+this run, commit and settings are skipped (resumable).
 The server runs as its own process (`genctr serve`), started once per backend.
 """
 
@@ -108,6 +110,21 @@ def parse_wrk(text: str) -> dict[str, float]:
             "latency_ms_p99": latency["99"], "errors": errors}
 
 
+def gc_pauses(metrics_text: str) -> dict[str, dict[str, float]]:
+    """generation -> {count, seconds} of the collector's pauses so far, from GET /metrics."""
+    pauses: dict[str, dict[str, float]] = {}
+    for kind, generation, value in re.findall(
+            r'^genctr_gc_pause_seconds_(count|sum)\{generation="(\d)"\} ([\d.e+-]+)$', metrics_text, re.M):
+        pauses.setdefault(generation, {"count": 0.0, "seconds": 0.0})[
+            "count" if kind == "count" else "seconds"] = float(value)
+    return pauses
+
+
+def pauses_between(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    return {g: {k: after[g][k] - before.get(g, {}).get(k, 0.0) for k in ("count", "seconds")}
+            for g in sorted(after)}
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -122,9 +139,10 @@ def free_port() -> int:
 
 
 def start_server(run_dir: Path, data_dir: Path, backend: str, port: int, max_wait_ms: float,
-                 threads: int | None) -> subprocess.Popen:
+                 threads: int | None, freeze_gc: bool = True) -> subprocess.Popen:
     command = [sys.executable, "-m", "genctr", "serve", str(run_dir), "--port", str(port),
-               "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", str(max_wait_ms)]
+               "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", str(max_wait_ms),
+               "--freeze-gc" if freeze_gc else "--no-freeze-gc"]
     if threads is not None:
         command += ["--threads", str(threads)]
     if backend == "torch":
@@ -152,6 +170,8 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=2.0,
                         help="the server's micro-batch wait (0: score what is queued at once)")
     parser.add_argument("--threads", type=int, default=None, help="the server's forward threads")
+    parser.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
+                        help="serve without exempting the loaded run from the garbage collector")
     parser.add_argument("--cells", nargs="*", default=None, metavar="BACKEND:INFERENCE:ROWS:CLIENTS",
                         help="only these cells, e.g. torch:plain:1:8 (default: all)")
     args = parser.parse_args()
@@ -159,11 +179,11 @@ def main() -> int:
         print("wrk is not installed: apt-get install wrk (Debian's package)", file=sys.stderr)
         return 2
     commit = git_commit()
-    settings = {"max_wait_ms": args.max_wait_ms, "threads": args.threads}
+    settings = {"max_wait_ms": args.max_wait_ms, "threads": args.threads, "freeze_gc": args.freeze_gc}
     done = {(r["backend"], r["inference"], r["rows_per_request"], r["clients"])
             for r in read_jsonl(args.results) if r.get("run") == str(args.run.resolve())
             and r.get("commit") == commit and r.get("max_wait_ms", 2.0) == args.max_wait_ms
-            and r.get("threads") == args.threads}
+            and r.get("threads") == args.threads and r.get("freeze_gc", False) == args.freeze_gc}
     wanted = CELLS if args.cells is None else [
         (b, i, int(r), int(c)) for b, i, r, c in (cell.split(":") for cell in args.cells)]
     todo = [c for c in wanted if c not in done]
@@ -175,7 +195,9 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="genctr-serve-bench-"))
     for backend in dict.fromkeys(c[0] for c in todo):
         port = free_port()
-        server = start_server(args.run, args.data_dir, backend, port, args.max_wait_ms, args.threads)
+        server = start_server(args.run, args.data_dir, backend, port, args.max_wait_ms, args.threads,
+                              args.freeze_gc)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
         try:
             for _, inference, size, clients in [c for c in todo if c[0] == backend]:
                 strategy = ({} if inference == "plain" else
@@ -184,23 +206,27 @@ def main() -> int:
                           for i in range(0, min(len(rows), 256 * size), size)]
                 script = lua_script(bodies, folder / f"{size}.lua")
                 rss_start = rss_mb(server.pid)
+                pauses_start = gc_pauses(httpx.get(metrics_url, timeout=10).text)
                 started = time.perf_counter()
                 wrk = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{args.seconds}s",
                                       "--latency", "--timeout", "10s", "-s", str(script),
                                       f"http://127.0.0.1:{port}"], capture_output=True, text=True)
                 measured = parse_wrk(wrk.stdout)
+                pauses = pauses_between(pauses_start, gc_pauses(httpx.get(metrics_url, timeout=10).text))
                 record = {"task": "serve", "tool": "genctr", "model": run.config.model_name,
                           "backend": backend, "inference": inference, "rows_per_request": size,
                           "clients": clients, **settings, **measured,
                           "rows_per_s": measured["requests_per_s"] * size,
                           "duration_s": time.perf_counter() - started, "rss_start_mb": rss_start,
-                          "rss_end_mb": rss_mb(server.pid), "run": str(args.run.resolve()),
+                          "rss_end_mb": rss_mb(server.pid), "gc_pauses": pauses, "run": str(args.run.resolve()),
                           "commit": commit, "machine": machine(), "finished_at": now_iso()}
                 append_jsonl(args.results, record)
                 print(f"{backend} {inference} {size} row(s) x {clients} clients: "
                       f"{measured['requests_per_s']:,.0f} req/s, p50 {measured['latency_ms_p50']:.2f} ms, "
                       f"p99 {measured['latency_ms_p99']:.2f} ms, errors {measured['errors']}, "
-                      f"rss {record['rss_start_mb']:.0f} -> {record['rss_end_mb']:.0f} MB", flush=True)
+                      f"rss {record['rss_start_mb']:.0f} -> {record['rss_end_mb']:.0f} MB, gc pauses "
+                      + ", ".join(f"gen{g} {p['count']:.0f} ({1000 * p['seconds']:.0f} ms)"
+                                  for g, p in pauses.items()), flush=True)
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -88,6 +88,27 @@ def test_unseen_values_are_scored_and_counted_in_metrics(served, client):
     assert 'genctr_requests_total{endpoint="/predict",status="200"}' in metrics
 
 
+def test_what_loads_before_serving_is_frozen_and_collector_pauses_are_metrics(served):
+    import gc
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_bench", ROOT / "benchmarks" / "serve.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    folder, _, _ = served
+    run = load_run(folder / "run")
+    callbacks = len(gc.callbacks)
+    for freeze in (True, False):
+        with TestClient(create_app(run, ServeOptions(freeze_gc=freeze))) as client:
+            assert (gc.get_freeze_count() > 0) is freeze  # the run's objects, exempt from scans
+            before = bench.gc_pauses(client.get("/metrics").text)
+            gc.collect()
+            after = bench.gc_pauses(client.get("/metrics").text)
+        pauses = bench.pauses_between(before, after)
+        assert pauses["2"]["count"] >= 1 and pauses["2"]["seconds"] > 0, pauses
+        assert gc.get_freeze_count() == 0 and len(gc.callbacks) == callbacks  # undone on shutdown
+
+
 def _bad_requests(good: dict) -> list[tuple[str, object, int, str]]:
     """(name, body, status, words the error must contain)."""
     return [

@@ -265,6 +265,9 @@ def serve(run_dir: Path,
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of a "
                                                 "forward pass (torch and onnxruntime; default: "
                                                 "their own, one per core)"),
+          freeze_gc: bool = typer.Option(True, "--freeze-gc/--no-freeze-gc", help="exempt what "
+                                         "loads at start from Python's cyclic garbage collector "
+                                         "(its full pauses otherwise scan it)"),
           device: str = Device) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
@@ -275,7 +278,7 @@ def serve(run_dir: Path,
     if backend not in ("torch", "onnx"):
         raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
-                           max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024))
+                           max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024), freeze_gc=freeze_gc)
     if threads is not None:
         import torch
 

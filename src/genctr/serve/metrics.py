@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import time
+from typing import Any, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -22,11 +26,28 @@ class ServeMetrics:
         self.rows = Counter("genctr_rows_scored", "Rows scored", registry=self.registry)
         self.unseen = Counter("genctr_unseen_values", "Values never seen in training (scored as "
                               "out-of-vocabulary), by field", ["field"], registry=self.registry)
+        self.gc_pause = Histogram("genctr_gc_pause_seconds", "Pauses of Python's cyclic garbage "
+                                  "collector (every thread stops), by generation", ["generation"],
+                                  buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def answered(self, endpoint: str, status: int) -> None:
         self.requests.labels(endpoint, str(status)).inc()
         if status >= 400:
             self.errors.labels(endpoint, str(status)).inc()
+
+    def watch_gc(self) -> Callable[[], None]:
+        """Time every collection into `gc_pause` from now on; returns the function that stops it.
+        A full collection stops every thread, so its pause lands on the requests in flight."""
+        started: list[float] = [0.0]
+
+        def observe(phase: str, info: dict[str, Any]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                self.gc_pause.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(observe)
+        return lambda: gc.callbacks.remove(observe)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
