@@ -54,10 +54,18 @@ def test_report_renders_serve_and_scale_records(tmp_path):
         "inference": "plain", "rows_per_request": 1, "clients": 8, "requests_per_s": 900.0,
         "latency_ms_p50": 8.0, "latency_ms_p99": 20.0, "errors": 0, "rows_per_s": 900.0,
         "duration_s": 60.0, "rss_start_mb": 500.0, "rss_end_mb": 510.0, **common})
+    append_jsonl(results / "serve.jsonl", {  # the same cell with the collector frozen: its own row
+        "task": "serve", "tool": "genctr", "model": "dcnv2", "backend": "torch",
+        "inference": "plain", "rows_per_request": 1, "clients": 8, "requests_per_s": 950.0,
+        "latency_ms_p50": 7.0, "latency_ms_p99": 10.0, "errors": 0, "rows_per_s": 950.0,
+        "duration_s": 60.0, "rss_start_mb": 500.0, "rss_end_mb": 510.0, "max_wait_ms": 2.0,
+        "threads": 1, "freeze_gc": True, "gc_pauses": {"0": {"count": 900, "seconds": 0.1},
+                                                        "2": {"count": 40, "seconds": 0.012}}, **common})
     text = write_results_markdown(tmp_path).read_text()
     assert "| genctr | csv | 5,000,000 | dnn | 50.0 |" in text and "`abc` |" in text
     assert "| 0.93 |" in text  # 28k over 30k rows/s at the smallest size
     assert "3.0x" in text  # FuxiCTR's encode seconds over genctr's
     assert (tmp_path / "plots" / "scale.png").is_file()
     # a record from before the settings were recorded: the server's defaults then
-    assert "| torch | plain | 2 | default | 1 | 8 | 900 | 900 | 8.00 | 20.00 | 0 | 500 → 510 |" in text
+    assert "| dcnv2 | torch | plain | 2 | default |  | 1 | 8 | 900 | 900 | 8.00 | 20.00 |  | 0 | 500 → 510 |" in text
+    assert "| dcnv2 | torch | plain | 2 | 1 | yes | 1 | 8 | 950 | 950 | 7.00 | 10.00 | 40 (12) | 0 |" in text

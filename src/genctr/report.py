@@ -73,28 +73,34 @@ def serve_section(records: list[dict]) -> str:
     its commit and machine)."""
     if not records:
         return ""
-    latest = {(r["machine"], r["backend"], r["inference"], r["rows_per_request"], r["clients"]): r
-              for r in records}
-    records = sorted(latest.values(), key=lambda r: (r["machine"], r["rows_per_request"],
-                                                     r["backend"] != "torch", r["inference"], r["clients"]))
+    latest = {(r["machine"], r["model"], r.get("freeze_gc", False), r["backend"], r["inference"],
+               r["rows_per_request"], r["clients"]): r for r in records}
+    records = sorted(latest.values(), key=lambda r: (r["machine"], r["model"], r.get("freeze_gc", False),
+                                                     r["rows_per_request"], r["backend"] != "torch",
+                                                     r["inference"], r["clients"]))
     lines = ["## Serving: `genctr serve` under load",
              "",
              "Command: `.venv/bin/python benchmarks/serve.py --run RUN --data-dir ../shared/data` "
              f"(wrk on localhost, {records[-1].get('duration_s', 60):.0f} s per cell; `--cells` "
              "re-measures some cells; each row is the newest measurement of its cell on the machine it "
              "names: compare rows of one machine only). The load generator shares the machine's cores "
-             "with the server. Model: "
-             f"{records[-1]['model']} on ml1m-ctr. UTTSI runs the torch model only.",
+             "with the server. Runs on ml1m-ctr. UTTSI runs the torch model only. GC frozen: the "
+             "server froze the garbage collector over what it loaded (`--freeze-gc`, the default "
+             "since 7adeb9e; blank: measured before the option existed, so not frozen); full GC pauses: the "
+             "collector's generation-2 pauses during the cell (count, total ms).",
              "",
-             "| backend | inference | micro-batch wait ms | threads | rows/request | clients | "
-             "requests/s | rows/s | p50 ms | p99 ms | errors | server RSS MB (start → end) | commit | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | backend | inference | micro-batch wait ms | threads | GC frozen | rows/request | clients | "
+             "requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | server RSS MB (start → end) | commit | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         threads = r.get("threads") or "default"
-        lines.append(f"| {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | {threads} | "
-                     f"{r['rows_per_request']} | {r['clients']} | "
+        frozen = {True: "yes", False: "no", None: ""}[r.get("freeze_gc")]
+        full = r.get("gc_pauses", {}).get("2")
+        pauses = f"{full['count']:.0f} ({1000 * full['seconds']:.0f})" if full else ""
+        lines.append(f"| {r['model']} | {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | "
+                     f"{threads} | {frozen} | {r['rows_per_request']} | {r['clients']} | "
                      f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['latency_ms_p50']:.2f} | "
-                     f"{r['latency_ms_p99']:.2f} | {r['errors']} | {r['rss_start_mb']:,.0f} → "
+                     f"{r['latency_ms_p99']:.2f} | {pauses} | {r['errors']} | {r['rss_start_mb']:,.0f} → "
                      f"{r['rss_end_mb']:,.0f} | `{r['commit']}` | {r['machine']} |")
     return "\n".join(lines) + "\n"
 
