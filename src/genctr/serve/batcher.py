@@ -3,7 +3,9 @@
 The first waiting request opens a batch; requests that arrive within `max_wait` seconds join it
 until it holds `max_rows` rows. Requests with different scoring keys (inference strategies) are
 never mixed. The forward pass runs in one worker thread, so the event loop keeps accepting
-requests while the model computes, and the model never runs twice at once.
+requests while the model computes, and the model never runs twice at once. Waiting for company
+costs no task, timer exception or garbage per request: the batcher sleeps on an event that the
+next submission (or the deadline) sets.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class MicroBatcher:
         self.queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genctr-score")
         self.worker: asyncio.Task | None = None
+        self.arrived = asyncio.Event()
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._run())
@@ -46,14 +49,23 @@ class MicroBatcher:
     async def close(self) -> None:
         """Finish every request already submitted, then stop (graceful shutdown)."""
         if self.worker is not None:
-            await self.queue.put(None)
+            self.queue.put_nowait(None)
+            self.arrived.set()
             await self.worker
         self.executor.shutdown(wait=True)
 
     async def submit(self, key: Hashable, rows: RequestRows) -> tuple[np.ndarray, np.ndarray]:
         pending = _Pending(key, rows)
-        await self.queue.put(pending)
+        self.queue.put_nowait(pending)  # unbounded: never waits
+        self.arrived.set()
         return await pending.done
+
+    async def _next_arrival(self, timeout: float) -> None:
+        """Return when a request is submitted or after `timeout` seconds, whichever is first."""
+        self.arrived.clear()
+        alarm = asyncio.get_running_loop().call_later(timeout, self.arrived.set)
+        await self.arrived.wait()
+        alarm.cancel()
 
     async def _run(self) -> None:
         held: _Pending | None = None  # a request of another key, first in the next batch
@@ -67,12 +79,14 @@ class MicroBatcher:
             batch, rows = [first], first.rows.height
             deadline = time.perf_counter() + self.max_wait
             while rows < self.max_rows and not stopping:
-                timeout = deadline - time.perf_counter()
                 try:
-                    item = self.queue.get_nowait() if timeout <= 0 else \
-                        await asyncio.wait_for(self.queue.get(), timeout)
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
-                    break
+                    item = self.queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = deadline - time.perf_counter()
+                    if timeout <= 0:
+                        break
+                    await self._next_arrival(timeout)
+                    continue
                 if item is None:
                     stopping = True
                 elif item.key != first.key or rows + item.rows.height > self.max_rows:
