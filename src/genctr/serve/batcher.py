@@ -11,7 +11,6 @@ next submission (or the deadline) sets.
 from __future__ import annotations
 
 import asyncio
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
@@ -60,14 +59,8 @@ class MicroBatcher:
         self.arrived.set()
         return await pending.done
 
-    async def _next_arrival(self, timeout: float) -> None:
-        """Return when a request is submitted or after `timeout` seconds, whichever is first."""
-        self.arrived.clear()
-        alarm = asyncio.get_running_loop().call_later(timeout, self.arrived.set)
-        await self.arrived.wait()
-        alarm.cancel()
-
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         held: _Pending | None = None  # a request of another key, first in the next batch
         stopping = False
         while not (stopping and held is None):
@@ -77,15 +70,16 @@ class MicroBatcher:
                 stopping = True
                 continue
             batch, rows = [first], first.rows.height
-            deadline = time.perf_counter() + self.max_wait
+            expired = [self.max_wait <= 0]
+            alarm = None if expired[0] else loop.call_later(self.max_wait, self._expire, expired)
             while rows < self.max_rows and not stopping:
                 try:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    timeout = deadline - time.perf_counter()
-                    if timeout <= 0:
+                    if expired[0]:
                         break
-                    await self._next_arrival(timeout)
+                    self.arrived.clear()
+                    await self.arrived.wait()  # the next request, or the deadline
                     continue
                 if item is None:
                     stopping = True
@@ -95,7 +89,14 @@ class MicroBatcher:
                 else:
                     batch.append(item)
                     rows += item.rows.height
+            if alarm is not None:
+                alarm.cancel()
             await self._score(batch, rows)
+
+    def _expire(self, expired: list[bool]) -> None:
+        """The batch's deadline: it leaves with what it holds."""
+        expired[0] = True
+        self.arrived.set()
 
     async def _score(self, batch: list[_Pending], rows: int) -> None:
         together = RequestRows.concat([pending.rows for pending in batch])
