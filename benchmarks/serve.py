@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx2 as httpx
 import numpy as np
 import polars as pl
+from prometheus_client.parser import text_string_to_metric_families
 
 from genctr.config import DataConfig
 from genctr.files import append_jsonl, read_jsonl
@@ -113,10 +114,14 @@ def parse_wrk(text: str) -> dict[str, float]:
 def gc_pauses(metrics_text: str) -> dict[str, dict[str, float]]:
     """generation -> {count, seconds} of the collector's pauses so far, from GET /metrics."""
     pauses: dict[str, dict[str, float]] = {}
-    for kind, generation, value in re.findall(
-            r'^genctr_gc_pause_seconds_(count|sum)\{generation="(\d)"\} ([\d.e+-]+)$', metrics_text, re.M):
-        pauses.setdefault(generation, {"count": 0.0, "seconds": 0.0})[
-            "count" if kind == "count" else "seconds"] = float(value)
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "genctr_gc_pause_seconds":
+            continue
+        for sample in family.samples:
+            kind = {"genctr_gc_pause_seconds_count": "count", "genctr_gc_pause_seconds_sum": "seconds"}
+            if sample.name in kind:
+                pauses.setdefault(sample.labels["generation"], {"count": 0.0, "seconds": 0.0})[
+                    kind[sample.name]] = sample.value
     return pauses
 
 
@@ -218,7 +223,8 @@ def main() -> int:
                           "clients": clients, **settings, **measured,
                           "rows_per_s": measured["requests_per_s"] * size,
                           "duration_s": time.perf_counter() - started, "rss_start_mb": rss_start,
-                          "rss_end_mb": rss_mb(server.pid), "gc_pauses": pauses, "run": str(args.run.resolve()),
+                          "rss_end_mb": rss_mb(server.pid), "gc_pauses": pauses,
+                          "run": str(args.run.resolve()),
                           "commit": commit, "machine": machine(), "finished_at": now_iso()}
                 append_jsonl(args.results, record)
                 print(f"{backend} {inference} {size} row(s) x {clients} clients: "

@@ -278,7 +278,8 @@ def serve(run_dir: Path,
     if backend not in ("torch", "onnx"):
         raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
-                           max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024), freeze_gc=freeze_gc)
+                           max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
+                           freeze_gc=freeze_gc)
     if threads is not None:
         import torch
 

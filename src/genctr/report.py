@@ -73,11 +73,11 @@ def serve_section(records: list[dict]) -> str:
     its commit and machine)."""
     if not records:
         return ""
-    latest = {(r["machine"], r["model"], r.get("freeze_gc", False), r["backend"], r["inference"],
-               r["rows_per_request"], r["clients"]): r for r in records}
-    records = sorted(latest.values(), key=lambda r: (r["machine"], r["model"], r.get("freeze_gc", False),
-                                                     r["rows_per_request"], r["backend"] != "torch",
-                                                     r["inference"], r["clients"]))
+    def cell(r: dict) -> tuple:  # a cell's identity, in the table's order
+        return (r["machine"], r["model"], r.get("freeze_gc", False), r["rows_per_request"],
+                r["backend"] != "torch", r["inference"], r["clients"])
+
+    records = sorted({cell(r): r for r in records}.values(), key=cell)
     lines = ["## Serving: `genctr serve` under load",
              "",
              "Command: `.venv/bin/python benchmarks/serve.py --run RUN --data-dir ../shared/data` "
@@ -86,11 +86,12 @@ def serve_section(records: list[dict]) -> str:
              "names: compare rows of one machine only). The load generator shares the machine's cores "
              "with the server. Runs on ml1m-ctr. UTTSI runs the torch model only. GC frozen: the "
              "server froze the garbage collector over what it loaded (`--freeze-gc`, the default "
-             "since 7adeb9e; blank: measured before the option existed, so not frozen); full GC pauses: the "
-             "collector's generation-2 pauses during the cell (count, total ms).",
+             "since 7adeb9e; blank: measured before the option existed, so not frozen); full GC "
+             "pauses: the collector's generation-2 pauses during the cell (count, total ms).",
              "",
-             "| model | backend | inference | micro-batch wait ms | threads | GC frozen | rows/request | clients | "
-             "requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | server RSS MB (start → end) | commit | machine |",
+             "| model | backend | inference | micro-batch wait ms | threads | GC frozen | rows/request | "
+             "clients | requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | "
+             "server RSS MB (start → end) | commit | machine |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         threads = r.get("threads") or "default"

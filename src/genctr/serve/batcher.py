@@ -41,6 +41,7 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genctr-score")
         self.worker: asyncio.Task | None = None
         self.arrived = asyncio.Event()
+        self.expired = False  # the open batch's deadline has passed
 
     def start(self) -> None:
         self.worker = asyncio.get_running_loop().create_task(self._run())
@@ -70,13 +71,13 @@ class MicroBatcher:
                 stopping = True
                 continue
             batch, rows = [first], first.rows.height
-            expired = [self.max_wait <= 0]
-            alarm = None if expired[0] else loop.call_later(self.max_wait, self._expire, expired)
+            self.expired = self.max_wait <= 0
+            alarm = None if self.expired else loop.call_later(self.max_wait, self._expire)
             while rows < self.max_rows and not stopping:
                 try:
                     item = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    if expired[0]:
+                    if self.expired:
                         break
                     self.arrived.clear()
                     await self.arrived.wait()  # the next request, or the deadline
@@ -93,9 +94,9 @@ class MicroBatcher:
                 alarm.cancel()
             await self._score(batch, rows)
 
-    def _expire(self, expired: list[bool]) -> None:
-        """The batch's deadline: it leaves with what it holds."""
-        expired[0] = True
+    def _expire(self) -> None:
+        """The open batch's deadline: it leaves with what it holds."""
+        self.expired = True
         self.arrived.set()
 
     async def _score(self, batch: list[_Pending], rows: int) -> None:
