@@ -152,6 +152,10 @@ def test_every_bad_request_is_a_4xx_naming_row_and_field(served, client):
     nan = client.post("/predict", content=json.dumps({"rows": [good | {"price": float("nan")}]}))
     assert nan.status_code == 422 and nan.json()["row"] == 0 and nan.json()["field"] == "price"
     assert client.post("/predict", json={"rows": [good]}).status_code == 200  # still serving
+    wrong_method = client.get("/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert "POST" in wrong_method.json()["error"]
+    assert client.get("/nowhere").status_code == 404  # other paths: the framework's answers
     assert 'status="500"' not in client.get("/metrics").text
 
 

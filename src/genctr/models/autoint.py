@@ -35,7 +35,7 @@ class AutoIntPlus(CTRModel):
     def represent(self, batch, drop=None):
         """[B, H]: the attended fields beside the MLP's last hidden layer (the two heads' inputs)."""
         fields = self.embedding(batch, drop)
-        return torch.cat([self.attention(fields).flatten(1), self.mlp.layers[:-1](fields.flatten(1))], dim=1)
+        return torch.cat([self.attention(fields).flatten(1), self.mlp.hidden(fields.flatten(1))], dim=1)
 
     def score(self, hidden):
         attended, deep = hidden.split([self.attention_head.in_features, self.mlp.layers[-1].in_features], dim=1)

@@ -19,7 +19,7 @@ class DeepFM(DNN):
         """[the DNN's last hidden layer, the FM bi-interaction vector (D), the linear term]: the
         FM part as a vector, so that a pre-training head sees the pairwise interactions."""
         fields = self.embedding(batch, drop)
-        deep = self.mlp.layers[:-1](fields.flatten(1))
+        deep = self.mlp.hidden(fields.flatten(1))
         return torch.cat([deep, fm_pairwise(fields), self.linear(batch, drop).unsqueeze(1)], dim=1)
 
     def score(self, hidden):

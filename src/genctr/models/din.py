@@ -49,7 +49,7 @@ class DIN(CTRModel):
             interest = torch.where(keep, interest, fields[:, self.sequence_index])
         fields = torch.cat([fields[:, :self.sequence_index], interest.unsqueeze(1),
                             fields[:, self.sequence_index + 1:]], dim=1)
-        return self.mlp.layers[:-1](fields.flatten(1))
+        return self.mlp.hidden(fields.flatten(1))
 
     def score(self, hidden):
         return self.mlp.layers[-1](hidden).squeeze(-1)

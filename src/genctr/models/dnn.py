@@ -26,7 +26,7 @@ class DNN(CTRModel):
     can_represent = True
 
     def represent(self, batch, drop=None):
-        return self.mlp.layers[:-1](self.embedding(batch, drop).flatten(1))
+        return self.mlp.hidden(self.embedding(batch, drop).flatten(1))
 
     def score(self, hidden):
         return self.mlp.layers[-1](hidden).squeeze(-1)
