@@ -2,7 +2,8 @@
 on a 2-core machine; `apt-get install wrk`), on localhost only, bounded in time.
 
     .venv/bin/python benchmarks/serve.py --run RUN_DIR --data-dir ../shared/data [--seconds 60]
-        [--max-wait-ms 2] [--threads N] [--no-freeze-gc] [--cells torch:plain:1:8 ...] [--results FILE]
+        [--max-wait-ms 2] [--threads N] [--no-freeze-gc] [--repeat N] [--cells torch:plain:1:8 ...]
+        [--results FILE]
 
 For each backend (torch; onnx), inference (plain; uttsi@2.0, torch only: UTTSI runs the torch
 model), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST /predict with
@@ -10,8 +11,9 @@ bodies cut from the test split's raw rows (varied per request) for `--seconds`; 
 cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
 socket errors), the server's RSS before and after and its settings (micro-batch wait, forward
 threads, whether the garbage collector was frozen at start) and the collector's pauses during the
-cell, from the server's /metrics (count and seconds per generation). Cells already recorded for
-this run, commit and settings are skipped (resumable).
+cell, from the server's /metrics (count and seconds per generation). `--repeat N` measures each
+cell N times in a row, a record each (`repeat`: 1..N). Cells already recorded (N times) for this
+run, commit and settings are skipped (resumable).
 The server runs as its own process (`genctr serve`), started once per backend.
 """
 
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx2 as httpx
@@ -177,6 +180,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None, help="the server's forward threads")
     parser.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
                         help="serve without exempting the loaded run from the garbage collector")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure each cell this many times in a row (each a record: this VM's "
+                        "throughput varies from run to run, so one measurement near a goal decides little)")
     parser.add_argument("--cells", nargs="*", default=None, metavar="BACKEND:INFERENCE:ROWS:CLIENTS",
                         help="only these cells, e.g. torch:plain:1:8 (default: all)")
     args = parser.parse_args()
@@ -185,13 +191,13 @@ def main() -> int:
         return 2
     commit = git_commit()
     settings = {"max_wait_ms": args.max_wait_ms, "threads": args.threads, "freeze_gc": args.freeze_gc}
-    done = {(r["backend"], r["inference"], r["rows_per_request"], r["clients"])
-            for r in read_jsonl(args.results) if r.get("run") == str(args.run.resolve())
-            and r.get("commit") == commit and r.get("max_wait_ms", 2.0) == args.max_wait_ms
-            and r.get("threads") == args.threads and r.get("freeze_gc", False) == args.freeze_gc}
+    done = Counter((r["backend"], r["inference"], r["rows_per_request"], r["clients"])
+                   for r in read_jsonl(args.results) if r.get("run") == str(args.run.resolve())
+                   and r.get("commit") == commit and r.get("max_wait_ms", 2.0) == args.max_wait_ms
+                   and r.get("threads") == args.threads and r.get("freeze_gc", False) == args.freeze_gc)
     wanted = CELLS if args.cells is None else [
         (b, i, int(r), int(c)) for b, i, r, c in (cell.split(":") for cell in args.cells)]
-    todo = [c for c in wanted if c not in done]
+    todo = [c for c in wanted if done[c] < args.repeat]
     if not todo:
         print("every cell is recorded for this run and commit")
         return 0
@@ -204,7 +210,9 @@ def main() -> int:
                               args.freeze_gc)
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         try:
-            for _, inference, size, clients in [c for c in todo if c[0] == backend]:
+            for cell in [c for c in todo if c[0] == backend for _ in range(args.repeat - done[c])]:
+                _, inference, size, clients = cell
+                done[cell] += 1
                 strategy = ({} if inference == "plain" else
                             {"inference": {"strategy": "uttsi", "budget": float(inference.split("@")[1])}})
                 bodies = [json.dumps({"rows": rows[i:i + size]} | strategy)
@@ -220,7 +228,7 @@ def main() -> int:
                 pauses = pauses_between(pauses_start, gc_pauses(httpx.get(metrics_url, timeout=10).text))
                 record = {"task": "serve", "tool": "genctr", "model": run.config.model_name,
                           "backend": backend, "inference": inference, "rows_per_request": size,
-                          "clients": clients, **settings, **measured,
+                          "clients": clients, **settings, **measured, "repeat": done[cell],
                           "rows_per_s": measured["requests_per_s"] * size,
                           "duration_s": time.perf_counter() - started, "rss_start_mb": rss_start,
                           "rss_end_mb": rss_mb(server.pid), "gc_pauses": pauses,

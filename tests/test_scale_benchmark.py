@@ -61,6 +61,14 @@ def test_report_renders_serve_and_scale_records(tmp_path):
         "duration_s": 60.0, "rss_start_mb": 500.0, "rss_end_mb": 510.0, "max_wait_ms": 2.0,
         "threads": 1, "freeze_gc": True, "gc_pauses": {"0": {"count": 900, "seconds": 0.1},
                                                         "2": {"count": 40, "seconds": 0.012}}, **common})
+    frozen = {"task": "serve", "tool": "genctr", "model": "dcnv2", "backend": "onnx",
+              "inference": "plain", "rows_per_request": 1, "clients": 8, "errors": 0,
+              "duration_s": 60.0, "rss_start_mb": 500.0, "rss_end_mb": 510.0, "max_wait_ms": 2.0,
+              "threads": 1, "freeze_gc": True, "run": "r", **common}
+    for repeat, (speed, p99) in enumerate([(1000.0, 9.0), (1200.0, 7.0), (900.0, 12.0)], start=1):
+        append_jsonl(results / "serve.jsonl", frozen | {  # a repeated cell: one row, the median
+            "requests_per_s": speed, "rows_per_s": speed, "latency_ms_p50": 5.0,
+            "latency_ms_p99": p99, "repeat": repeat})
     text = write_results_markdown(tmp_path).read_text()
     assert "| genctr | csv | 5,000,000 | dnn | 50.0 |" in text and "`abc` |" in text
     assert "| 0.93 |" in text  # 28k over 30k rows/s at the smallest size
@@ -69,3 +77,4 @@ def test_report_renders_serve_and_scale_records(tmp_path):
     # a record from before the settings were recorded: the server's defaults then
     assert "| dcnv2 | torch | plain | 2 | default |  | 1 | 8 | 900 | 900 | 8.00 | 20.00 |  | 0 | 500 → 510 |" in text
     assert "| dcnv2 | torch | plain | 2 | 1 | yes | 1 | 8 | 950 | 950 | 7.00 | 10.00 | 40 (12) | 0 |" in text
+    assert "| dcnv2 | onnx | plain | 2 | 1 | yes | 1 | 8 | 1,000 (900-1,200) | 1,000 | 5.00 | 9.00 (7.00-12.00) |  | 0 | 500 → 510 | 3 |" in text

@@ -68,22 +68,33 @@ def encode_section(records: list[dict]) -> str:
 
 
 def serve_section(records: list[dict]) -> str:
-    """The load benchmark of `genctr serve` (benchmarks/serve.py): the newest record of each
-    cell on each machine (a cell re-measured after a change replaces its row; each row names
-    its commit and machine)."""
+    """The load benchmark of `genctr serve` (benchmarks/serve.py): per cell and machine, the
+    newest measurement (a cell re-measured after a change replaces its row; each row names its
+    commit and machine); where it was repeated (`--repeat`), the median of the repeats with the
+    range of requests/s and p99."""
     if not records:
         return ""
     def cell(r: dict) -> tuple:  # a cell's identity, in the table's order
         return (r["machine"], r["model"], r.get("freeze_gc", False), r["rows_per_request"],
                 r["backend"] != "torch", r["inference"], r["clients"])
 
-    records = sorted({cell(r): r for r in records}.values(), key=cell)
+    def measurement(r: dict) -> tuple:  # the repeats of one cell at one commit and setting
+        return cell(r) + (r["commit"], r.get("run"), r.get("max_wait_ms", 2.0), r.get("threads"))
+
+    newest: dict[tuple, list[dict]] = {}
+    for r in records:
+        group = newest.get(cell(r))
+        if group and measurement(group[0]) == measurement(r) and r.get("repeat", 1) > 1:
+            group.append(r)
+        else:
+            newest[cell(r)] = [r]
     lines = ["## Serving: `genctr serve` under load",
              "",
              "Command: `.venv/bin/python benchmarks/serve.py --run RUN --data-dir ../shared/data` "
              f"(wrk on localhost, {records[-1].get('duration_s', 60):.0f} s per cell; `--cells` "
              "re-measures some cells; each row is the newest measurement of its cell on the machine it "
-             "names: compare rows of one machine only). The load generator shares the machine's cores "
+             "names: compare rows of one machine only; n > 1: `--repeat`, the median of n "
+             "measurements in a row, with the range). The load generator shares the machine's cores "
              "with the server. Runs on ml1m-ctr. UTTSI runs the torch model only. GC frozen: the "
              "server froze the garbage collector over what it loaded (`--freeze-gc`, the default "
              "since 7adeb9e; blank: measured before the option existed, so not frozen); full GC "
@@ -91,18 +102,26 @@ def serve_section(records: list[dict]) -> str:
              "",
              "| model | backend | inference | micro-batch wait ms | threads | GC frozen | rows/request | "
              "clients | requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | "
-             "server RSS MB (start → end) | commit | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
+             "server RSS MB (start → end) | n | commit | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(newest):
+        group = newest[key]
+        r = group[-1]
+        mid = lambda name: median(g[name] for g in group)  # noqa: E731
+        spread = lambda name, form: (f" ({min(g[name] for g in group):{form}}-"  # noqa: E731
+                                     f"{max(g[name] for g in group):{form}})" if len(group) > 1 else "")
         threads = r.get("threads") or "default"
         frozen = {True: "yes", False: "no", None: ""}[r.get("freeze_gc")]
-        full = r.get("gc_pauses", {}).get("2")
-        pauses = f"{full['count']:.0f} ({1000 * full['seconds']:.0f})" if full else ""
+        full = [g.get("gc_pauses", {}).get("2") for g in group]
+        pauses = (f"{sum(f['count'] for f in full):.0f} ({1000 * sum(f['seconds'] for f in full):.0f})"
+                  if all(full) else "")
         lines.append(f"| {r['model']} | {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | "
                      f"{threads} | {frozen} | {r['rows_per_request']} | {r['clients']} | "
-                     f"{r['requests_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['latency_ms_p50']:.2f} | "
-                     f"{r['latency_ms_p99']:.2f} | {pauses} | {r['errors']} | {r['rss_start_mb']:,.0f} → "
-                     f"{r['rss_end_mb']:,.0f} | `{r['commit']}` | {r['machine']} |")
+                     f"{mid('requests_per_s'):,.0f}{spread('requests_per_s', ',.0f')} | "
+                     f"{mid('rows_per_s'):,.0f} | {mid('latency_ms_p50'):.2f} | "
+                     f"{mid('latency_ms_p99'):.2f}{spread('latency_ms_p99', '.2f')} | {pauses} | "
+                     f"{sum(g['errors'] for g in group)} | {group[0]['rss_start_mb']:,.0f} → "
+                     f"{r['rss_end_mb']:,.0f} | {len(group)} | `{r['commit']}` | {r['machine']} |")
     return "\n".join(lines) + "\n"
 
 
