@@ -145,6 +145,26 @@ def test_paths_with_all_confidences_one_drop_nothing(small_synthetic, trained):
     assert not drops.any()
 
 
+def test_the_small_batch_walk_draws_the_same_paths_as_the_combination_walk(
+        small_synthetic, trained, monkeypatch):
+    import genctr.testtime.paths as paths_module
+
+    index = frequency_index(small_synthetic, IndexOptions(order3="all"), trained.folder)
+    matt = make_inference(InferenceOptions(strategy="matt"), index=index)
+    for rows, paths in ((1, 1), (3, 2), (8, 4), (40, 3)):
+        batch = batch_of(small_synthetic.splits["test"], slice(0, rows))
+        conf = matt.confidence(batch)
+        assert set(conf.orders) >= {2, 3}
+        base = torch.rand(rows, trained.model.embedding.num_fields,
+                          generator=torch.Generator().manual_seed(rows)) < 0.1
+        drawn = {}
+        for small_walk in (10 ** 9, 0):  # every walk entry by entry, then combination by combination
+            monkeypatch.setattr(paths_module, "SMALL_WALK", small_walk)
+            drawn[small_walk] = sample_confidence_paths(conf, index, paths, torch.Generator().manual_seed(1),
+                                                        base_drop=base)
+        assert torch.equal(drawn[10 ** 9], drawn[0]) and drawn[0].any() and not drawn[0].all()
+
+
 def test_matt_with_all_confidences_one_equals_plain(small_synthetic, trained, monkeypatch):
     index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
     matt = make_inference(InferenceOptions(strategy="matt", paths=6), index=index)

@@ -180,10 +180,14 @@ class FrequencyIndex:
         return np.array([self.all_fields.index(f.name) for f in self.fields])
 
     def pair_members(self, order: int) -> np.ndarray:
-        """int [C, order]: positions (among indexed fields) of each combination's members."""
-        combos = self.combos[order]
-        return np.array([[self.names.index(n) for n in c] for c in combos], dtype=np.int64).reshape(
-            len(combos), order)
+        """int [C, order]: positions (among indexed fields) of each combination's members
+        (kept: every served request that samples paths asks)."""
+        cache = self.__dict__.setdefault("_pair_members", {})
+        if order not in cache:
+            combos = self.combos[order]
+            cache[order] = np.array([[self.names.index(n) for n in c] for c in combos],
+                                    dtype=np.int64).reshape(len(combos), order)
+        return cache[order]
 
     @property
     def nbytes(self) -> int:

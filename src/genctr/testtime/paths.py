@@ -13,6 +13,8 @@ from genctr.data.batches import Batch
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.index import FrequencyIndex
 
+SMALL_WALK = 4096  # paths x rows x fields up to which the walk runs in Python lists
+
 
 def tile_batch(batch: Batch, times: int) -> Batch:
     """The batch repeated `times` times along rows, path-major: rows [k*B, (k+1)*B) = copy k."""
@@ -34,7 +36,6 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
     if base_drop is not None:
         keep &= ~base_drop
     positions = torch.from_numpy(index.field_positions())
-    instance = np.arange(rows)
     kept = keep.numpy()  # the combination walk in numpy: a small op costs a tenth of torch's
     for order in (2, 3):
         if order not in conf.orders:
@@ -43,13 +44,36 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
         weakest = members[torch.arange(len(members)), fields[:, members].argmin(dim=-1)].numpy()  # [B, C]
         combo_conf = conf.orders[order]  # [B, C]
         draws = torch.rand(paths, rows, len(members), generator=generator).numpy()
-        for c, combo in enumerate(members.tolist()):
-            drop_one = draws[:, :, c] >= combo_conf[:, c]  # [paths, B]
-            for field in combo:
-                drop_one &= kept[:, :, field]
-            victim = weakest[:, c]
-            kept[:, instance, victim] &= ~drop_one
+        dropping = draws >= combo_conf  # [paths, B, C]: would drop, if every member is still kept
+        walk = _walk_entries if kept.size <= SMALL_WALK else _walk_combinations
+        walk(kept, dropping, members.numpy(), weakest)
     return ~keep
+
+
+def _walk_combinations(kept: np.ndarray, dropping: np.ndarray, members: np.ndarray,
+                       weakest: np.ndarray) -> None:
+    """The walk, combination by combination over all paths and rows at once (large batches);
+    `kept` [paths, B, F] is updated in place. A combination that drops nowhere is skipped."""
+    instance = np.arange(kept.shape[1])
+    for c in np.flatnonzero(dropping.any(axis=(0, 1))):
+        drop_one = dropping[:, :, c]
+        for field in members[c].tolist():
+            drop_one = drop_one & kept[:, :, field]
+        kept[:, instance, weakest[:, c]] &= ~drop_one
+
+
+def _walk_entries(kept: np.ndarray, dropping: np.ndarray, members: np.ndarray,
+                  weakest: np.ndarray) -> None:
+    """The same walk entry by entry in Python lists, for a served request's few rows, where
+    each numpy call of the walk above costs more than the work. The result is identical:
+    entries come in (path, row, combination) order, and paths and rows never interact."""
+    rows = kept.tolist()
+    members, weakest = members.tolist(), weakest.tolist()
+    for path, row, c in zip(*(axis.tolist() for axis in np.nonzero(dropping))):
+        fields = rows[path][row]
+        if all(fields[field] for field in members[c]):
+            fields[weakest[row][c]] = False
+    kept[...] = rows
 
 
 def sample_random_paths(rows: int, num_fields: int, paths: int, rate: float,
