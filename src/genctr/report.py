@@ -107,9 +107,15 @@ def serve_section(records: list[dict]) -> str:
     for key in sorted(newest):
         group = newest[key]
         r = group[-1]
-        mid = lambda name: median(g[name] for g in group)  # noqa: E731
-        spread = lambda name, form: (f" ({min(g[name] for g in group):{form}}-"  # noqa: E731
-                                     f"{max(g[name] for g in group):{form}})" if len(group) > 1 else "")
+
+        def mid(name: str) -> float:
+            return median(g[name] for g in group)
+
+        def spread(name: str, form: str) -> str:
+            if len(group) == 1:
+                return ""
+            return f" ({min(g[name] for g in group):{form}}-{max(g[name] for g in group):{form}})"
+
         threads = r.get("threads") or "default"
         frozen = {True: "yes", False: "no", None: ""}[r.get("freeze_gc")]
         full = [g.get("gc_pauses", {}).get("2") for g in group]

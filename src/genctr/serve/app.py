@@ -1,4 +1,5 @@
-"""The HTTP scoring service (`genctr serve RUN`): FastAPI over a saved run.
+"""The HTTP scoring service (`genctr serve RUN`): a saved run behind uvicorn; /predict is a plain
+ASGI handler in front of FastAPI, which answers the rest.
 
 POST /predict {"rows": [{column: raw value, ...}, ...], "inference": {"strategy": "uttsi", "budget": 2}}
   -> {"probabilities": [...], "cost": mean forward passes per row, "inference": "uttsi@2.0"}
