@@ -515,3 +515,17 @@ def test_report_renders_from_records_alone(tmp_path):
     text = write_results_markdown(tmp_path).read_text()
     assert "![training curves](plots/t-curves.png)" in text
     assert "| uniform | 1.000 | 2.000 |" in text
+
+
+def test_a_fine_tuned_label_is_compared_with_the_scratch_runs_of_the_same_model_options(tmp_path):
+    from genctr.report import pretrain_section
+
+    dnn = {"name": "dnn", "hidden_units": [8]}
+    base = {"task": "t", "inference": "plain", "test_logloss": 0.5, "segments": {"cold": {"auc": 0.7}}}
+    records = [base | {"model": label, "pretrain": pretrain, "seed": seed, "config": {"model": dnn},
+                       "test_auc": auc + seed / 1000, "pretrain_epoch_seconds": 1.0}
+               for label, pretrain, auc in (("dnn", "none", 0.70), ("dnn-frozen", "sb", 0.71))
+               for seed in (1, 2, 3)]
+    row = next(line for line in pretrain_section("t", records).splitlines()
+               if line.startswith("| dnn-frozen + sb |"))
+    assert row.count("+0.0100") == 2  # against `dnn` and against the same model (the DNN) from scratch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from statistics import median
 
@@ -403,6 +404,13 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
     for r in records:
         groups.setdefault(method_label(r), []).append(r)
     by_seed = lambda label: {r["seed"]: r for r in groups.get(label, [])}  # noqa: E731
+    # "the same model from scratch": the scratch runs of the same model options, so that a
+    # label such as dnn-frozen (a DNN fine-tuned from frozen tables) is compared with the DNN
+    def options(record: dict) -> str:
+        return json.dumps((record.get("config") or {}).get("model"), sort_keys=True)
+
+    scratch_of = {options(r): r["model"] for r in records
+                  if r.get("pretrain", "none") == "none" and (r.get("config") or {}).get("model")}
     segment_names = sorted({s for r in records for s in (r.get("segments") or {})})
     reference_runs = [r["pretrain_epoch_seconds"] for r in tuned if r["pretrain"] == reference]
     reference_seconds = median(reference_runs) if reference_runs else float("nan")
@@ -424,12 +432,12 @@ def pretrain_section(task: str, records: list[dict], scratch: str = "dnn",
             mine = median(r["pretrain_epoch_seconds"] for r in rs)
             ratio = mine / reference_seconds
             seconds = f"{mine:.1f} ({ratio:.2f}x)"
-        scratch_runs = by_seed(model) if pretrain != "none" else {}
+        scratch_runs = by_seed(scratch_of.get(options(rs[0]), model)) if pretrain != "none" else {}
         segments = [_segment_cell(rs, scratch_runs, s) for s in segment_names]
         lines.append(f"| {label} | {_seed_list(rs)} | "
                      f"{_mean_std([r['test_auc'] for r in rs])} | {_mean_std([r['test_logloss'] for r in rs])} | "
                      f"{_versus(rs, by_seed(scratch))} | "
-                     f"{_versus(rs, by_seed(model)) if pretrain != 'none' else ''} | "
+                     f"{_versus(rs, scratch_runs) if pretrain != 'none' else ''} | "
                      f"{_versus(rs, same_reference) if pretrain != reference else ''} | "
                      + "".join(f"{x} | " for x in segments) + f"{seconds} |")
     weights: dict[str, dict[str, float]] = {}
