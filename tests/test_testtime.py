@@ -222,6 +222,18 @@ def test_uttsi_threshold_fit_and_paths_grow_with_uncertainty():
     assert math.isinf(fit_threshold(uncertainty, 1.0, 8))
 
 
+def test_the_refit_cost_over_sorted_rows_above_the_threshold_is_the_full_mean():
+    from genctr.testtime.budget import _mean_cost
+
+    rng = np.random.default_rng(0)
+    for uncertainty in (rng.beta(0.5, 2, 4096), np.round(rng.random(777), 2), np.zeros(5)):
+        ascending = np.sort(uncertainty)
+        for threshold in (0.0, 0.01, 0.25, float(np.median(uncertainty)), 0.99):
+            for gain in (1.0, 3.5):
+                full = 1 + extra_paths(uncertainty, threshold, 4, gain).mean()
+                assert _mean_cost(ascending, threshold, 4, gain) == full
+
+
 def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):
     options = dict(strategy="uttsi", budget=2.0, max_paths=4)
     chosen = evaluate_run_inference(trained, small_synthetic, InferenceOptions(**options),

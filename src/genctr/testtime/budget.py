@@ -36,9 +36,20 @@ def extra_paths(uncertainty: np.ndarray, threshold: float, max_extra: int,
     return np.where(uncertainty >= threshold, paths, 0).astype(np.int64)
 
 
+def _mean_cost(ascending: np.ndarray, threshold: float, max_extra: int, gain: float = 1.0) -> float:
+    """1 + mean K(u; τ) over uncertainties sorted ascending, computed on the rows at or above τ
+    only (the others get no extra pass): the same sum as over all rows, a fraction of the work
+    for each of a refit's ~40 bisection steps."""
+    if len(ascending) == 0:
+        return 1.0
+    above = ascending[np.searchsorted(ascending, threshold, side="left"):]
+    return 1 + int(extra_paths(above, threshold, max_extra, gain).sum()) / len(ascending)
+
+
 def fit_threshold(uncertainty: np.ndarray, budget: float, max_extra: int) -> float:
     """The lowest τ whose average cost 1 + mean K(u; τ) stays within the budget (inf: none)."""
-    cost = lambda t: 1 + extra_paths(uncertainty, t, max_extra).mean()  # noqa: E731
+    ascending = np.sort(uncertainty)
+    cost = lambda t: _mean_cost(ascending, t, max_extra)  # noqa: E731
     if budget < 1 + 1 / max(len(uncertainty), 1):
         return math.inf
     if cost(0.0) <= budget:
@@ -54,7 +65,7 @@ def fit_allocation(uncertainty: np.ndarray, budget: float, max_extra: int) -> tu
     """(τ, gain): τ from fit_threshold; where even τ = 0 leaves budget unspent (everyone explored,
     most with few extra passes), the largest gain whose cost stays within the budget."""
     threshold = fit_threshold(uncertainty, budget, max_extra)
-    cost = lambda g: 1 + extra_paths(uncertainty, 0.0, max_extra, g).mean()  # noqa: E731
+    cost = lambda g: 1 + extra_paths(uncertainty, 0.0, max_extra, g).mean()  # noqa: E731 (runs rarely)
     if threshold != 0.0 or cost(1.0) >= budget or len(uncertainty) == 0:
         return threshold, 1.0
     positive = uncertainty[uncertainty > 0]

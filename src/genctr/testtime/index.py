@@ -99,14 +99,21 @@ class FrequencyIndex:
     # ------------------------------------------------------------------ building
     def keys_of(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> uint64 [N, C] keys of every combination of that order."""
-        values = {f.name: field_value_column(tokens[f.name]) for f in self.fields}
+        values = np.stack([field_value_column(tokens[name]) for name in self.names], axis=1)
         keys = {}
-        for order, combos in self.combos.items():
-            if combos:  # all combinations of an order at once: member j of each in column j
-                ids = np.array([self._combo_id(order, i) for i in range(len(combos))])
-                members = [np.stack([values[c[j]] for c in combos], axis=1) for j in range(order)]
-                keys[order] = combine(ids, members)
+        for order, (ids, columns) in self._combination_layout().items():
+            # all combinations of an order at once: member j of each in column j
+            keys[order] = combine(ids, [values[:, column] for column in columns])
         return keys
+
+    def _combination_layout(self) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
+        """order -> (combination ids [C], for each member j the indexed-field column of every
+        combination's j-th member [C]); kept, as every scored batch asks."""
+        if "_layout" not in self.__dict__:
+            self._layout = {order: (np.array([self._combo_id(order, i) for i in range(len(combos))]),
+                                    list(self.pair_members(order).T))
+                            for order, combos in self.combos.items() if combos}
+        return self._layout
 
     @staticmethod
     def _combo_id(order: int, i: int) -> int:
