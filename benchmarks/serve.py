@@ -5,8 +5,8 @@ on a 2-core machine; `apt-get install wrk`), on localhost only, bounded in time.
         [--max-wait-ms 2] [--threads N] [--no-freeze-gc] [--repeat N] [--cells torch:plain:1:8 ...]
         [--results FILE]
 
-For each backend (torch; onnx), inference (plain; uttsi@2.0, torch only: UTTSI runs the torch
-model), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST /predict with
+For each backend (torch; onnx: onnxruntime runs every forward, UTTSI's through the export with
+the drop input), inference (plain; uttsi@2.0), request size (1 and 64 rows) and client count (1, 8, 32): wrk sends POST /predict with
 bodies cut from the test split's raw rows (varied per request) for `--seconds`; one record per
 cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
 socket errors), the server's RSS before and after and its settings (micro-batch wait, forward
@@ -43,8 +43,8 @@ from genctr.runs import load_run, moved_data
 from genctr.schema import FieldKind, Schema
 
 CELLS = [(backend, inference, rows, clients)
-         for backend, inferences in (("torch", ("plain", "uttsi@2.0")), ("onnx", ("plain",)))
-         for inference in inferences for rows in (1, 64) for clients in (1, 8, 32)]
+         for backend in ("torch", "onnx") for inference in ("plain", "uttsi@2.0")
+         for rows in (1, 64) for clients in (1, 8, 32)]
 
 
 def picked_test_rows(test_rows: int, count: int, seed: int = 0) -> np.ndarray:
@@ -150,11 +150,9 @@ def start_server(run_dir: Path, data_dir: Path, backend: str, port: int, max_wai
                  threads: int | None, freeze_gc: bool = True) -> subprocess.Popen:
     command = [sys.executable, "-m", "genctr", "serve", str(run_dir), "--port", str(port),
                "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", str(max_wait_ms),
-               "--freeze-gc" if freeze_gc else "--no-freeze-gc"]
+               "--freeze-gc" if freeze_gc else "--no-freeze-gc", "--inference", "uttsi@2.0"]
     if threads is not None:
         command += ["--threads", str(threads)]
-    if backend == "torch":
-        command += ["--inference", "uttsi@2.0"]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600  # fitting UTTSI loads the data and scores valid
     while time.time() < deadline:

@@ -1,5 +1,5 @@
-"""`genctr export`: ONNX matches torch within 1e-5 on 1,000 rows (DNN, DCNv2, DIN, HeteGen), the
-pt2 program reloads weights-only and matches exactly, and no file genctr did not make is
+"""`genctr export`: ONNX matches torch within 1e-5 on 1,000 rows (DNN, DCNv2, DIN, HeteGen), with
+the drop input as well (random masks), the pt2 program reloads weights-only and matches exactly, and no file genctr did not make is
 overwritten."""
 
 import numpy as np
@@ -31,6 +31,14 @@ def test_onnx_and_pt2_exports_match_the_torch_model(name, small_synthetic, tmp_p
     onnx = export_run(run, "onnx")
     assert onnx == tmp_path / "run" / "model.onnx"
     assert np.abs(OnnxScorer(onnx)(rows) - expected).max() <= 1e-5
+    drop = torch.rand(1000, run.model.embedding.num_fields, generator=torch.Generator().manual_seed(0)) < 0.3
+    with_drop = export_run(run, "onnx", drop_input=True)  # the test-time strategies' pass
+    assert with_drop == tmp_path / "run" / "model.drop.onnx"
+    batch = batch_of(rows, slice(None))
+    with torch.inference_mode():
+        expected_logits = run.model(batch, drop)
+    assert (OnnxScorer(with_drop).logits(batch, drop) - expected_logits).abs().max() <= 1e-5
+    assert (OnnxScorer(with_drop).logits(batch, None) - torch.logit(torch.from_numpy(expected))).abs().max() <= 1e-4
     program = torch.export.load(str(export_run(run, "pt2")))  # loads weights-only (torch's default)
     batch = batch_of(rows, slice(None))
     batch.group = None

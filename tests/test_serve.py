@@ -247,6 +247,37 @@ def test_strategies_fitted_at_start_are_served_per_request(served):
             parse_spec(bad)
 
 
+def test_the_onnx_backend_runs_uttsi_through_onnxruntime_like_torch(served):
+    from genctr.serve.export import OnnxScorer, onnx_for_serving
+    from genctr.serve.strategies import fit_strategies
+
+    folder, raw, _ = served
+    run = load_run(folder / "run")
+    onnx = OnnxScorer(onnx_for_serving(run, lambda line: None, drop_input=True))
+    calls = []
+
+    def forward(batch, drop):
+        calls.append(len(batch))
+        return onnx.logits(batch, drop)
+
+    answers = {}
+    for backend, passes in (("torch", None), ("onnx", forward)):
+        strategies = fit_strategies(run, ["uttsi@2.0", "mcdropout@3"], log=lambda line: None,
+                                    forward=passes)
+        with TestClient(create_app(run, strategies=strategies)) as client:
+            rows = request_rows(raw, client.get("/health").json()["columns"], 64)
+            answers[backend] = {name: client.post("/predict", json={"rows": rows, "inference": spec}).json()
+                                for name, spec in (("uttsi", {"strategy": "uttsi", "budget": 2.0}),
+                                                   ("mcdropout", {"strategy": "mcdropout", "paths": 3}))}
+        if passes is not None:
+            assert calls and strategies["mcdropout@3"].forward is None  # dropout on: torch only
+    np.testing.assert_allclose(answers["onnx"]["uttsi"]["probabilities"],
+                               answers["torch"]["uttsi"]["probabilities"], atol=1e-4)
+    assert answers["onnx"]["uttsi"]["cost"] == answers["torch"]["uttsi"]["cost"]
+    np.testing.assert_allclose(answers["onnx"]["mcdropout"]["probabilities"],
+                               answers["torch"]["mcdropout"]["probabilities"], atol=1e-6)
+
+
 def test_the_onnx_backend_scores_like_torch(served):
     from genctr.serve.export import OnnxScorer, onnx_for_serving
 

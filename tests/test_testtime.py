@@ -222,16 +222,22 @@ def test_uttsi_threshold_fit_and_paths_grow_with_uncertainty():
     assert math.isinf(fit_threshold(uncertainty, 1.0, 8))
 
 
-def test_the_refit_cost_over_sorted_rows_above_the_threshold_is_the_full_mean():
+def test_the_refit_cost_counted_by_binary_search_is_the_full_mean_to_the_last_row():
     from genctr.testtime.budget import _mean_cost
 
     rng = np.random.default_rng(0)
-    for uncertainty in (rng.beta(0.5, 2, 4096), np.round(rng.random(777), 2), np.zeros(5)):
+    # float64 and float32 (what UTTSI's uncertainties are), values on a grid that lands on K
+    # boundaries exactly (0.5 + k * 0.125 at τ = 0.5, M = 4), ties, and all zeros
+    for uncertainty in (rng.beta(0.5, 2, 4096), rng.beta(0.5, 2, 4096).astype(np.float32),
+                        np.round(rng.random(777), 2), np.round(rng.random(777), 3).astype(np.float32),
+                        np.repeat(np.arange(0, 1, 0.125), 9), np.zeros(5)):
         ascending = np.sort(uncertainty)
-        for threshold in (0.0, 0.01, 0.25, float(np.median(uncertainty)), 0.99):
-            for gain in (1.0, 3.5):
-                full = 1 + extra_paths(uncertainty, threshold, 4, gain).mean()
-                assert _mean_cost(ascending, threshold, 4, gain) == full
+        for threshold in (0.0, 0.01, 0.25, 0.5, float(np.median(uncertainty)), 0.99,
+                          float(uncertainty[0]) + 1e-9):
+            for gain in (1.0, 3.5, 47.0):
+                for max_extra in (1, 4, 8):
+                    full = 1 + extra_paths(uncertainty, threshold, max_extra, gain).mean()
+                    assert _mean_cost(ascending, threshold, max_extra, gain) == full
 
 
 def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):

@@ -260,8 +260,10 @@ def serve(run_dir: Path,
                                               "random@PATHS, mcdropout@PATHS; fitted on the valid split at start"),
           data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the dataset's folder, "
                                                   "if it moved since training (with --inference)"),
-          backend: str = typer.Option("torch", "--backend", help="torch, or onnx: plain requests "
-                                      "scored by onnxruntime (RUN/model.onnx, exported if missing)"),
+          backend: str = typer.Option("torch", "--backend", help="torch, or onnx: requests "
+                                      "scored by onnxruntime (RUN/model.onnx, and for the "
+                                      "--inference strategies but mcdropout RUN/model.drop.onnx; "
+                                      "exported if missing or older than the weights)"),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of a "
                                                 "forward pass (torch and onnxruntime; default: "
                                                 "their own, one per core)"),
@@ -285,8 +287,12 @@ def serve(run_dir: Path,
 
         torch.set_num_threads(threads)
     run = load_run(run_dir, device=device)
-    plain = OnnxScorer(onnx_for_serving(run, log=console.print), threads) if backend == "onnx" else None
-    api = create_app(run, options, fit_strategies(run, inference, data_dir, log=console.print), plain)
+    plain = forward = None
+    if backend == "onnx":
+        plain = OnnxScorer(onnx_for_serving(run, log=console.print), threads)
+        if inference:  # the strategies' passes (with a drop mask) through onnxruntime too
+            forward = OnnxScorer(onnx_for_serving(run, console.print, drop_input=True), threads).logits
+    api = create_app(run, options, fit_strategies(run, inference, data_dir, console.print, forward), plain)
     console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
     run_server(api, host, port)
     console.print("stopped (requests in flight were answered)")
@@ -296,7 +302,12 @@ def serve(run_dir: Path,
 def export_model(run_dir: Path,
                  export_format: str = typer.Option("onnx", "--format", help="onnx or pt2"),
                  output: Optional[Path] = typer.Option(None, "--output", help="the file to write "
-                                                       "(default RUN/model.onnx or RUN/model.pt2)")) -> None:
+                                                       "(default RUN/model.onnx, RUN/model.drop.onnx "
+                                                       "or RUN/model.pt2)"),
+                 drop_input: bool = typer.Option(False, "--drop-input", help="onnx: one more input, "
+                                                 "drop bool [rows, fields] (True: the field's neutral "
+                                                 "embedding), and output logit: the test-time "
+                                                 "strategies' forward pass")) -> None:
     """Export a saved run's model: ONNX (named inputs per encoded column, output probability)
     or a torch.export program (pt2) taking the Batch."""
     from genctr.runs import load_run
@@ -304,7 +315,7 @@ def export_model(run_dir: Path,
 
     if export_format not in ("onnx", "pt2"):
         raise ConfigError(f"--format {export_format!r}: choose onnx or pt2")
-    path = export_run(load_run(run_dir), export_format, output)
+    path = export_run(load_run(run_dir), export_format, output, drop_input)
     console.print(f"wrote {path}")
 
 

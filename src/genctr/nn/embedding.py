@@ -114,8 +114,9 @@ class FieldEmbedding(nn.Module):
         missing-value vector, the embedding of 'value unknown'); "zero"; or "learned".
         ("mask" is handled by a model that owns a [MASK] state, before the embedding.)"""
         inputs = self._neutral_inputs()
-        if torch.is_grad_enabled() or any(t.is_inference() for t in inputs):
-            return self._neutral()  # training through the vectors, or no version counters
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() \
+                or any(t.is_inference() for t in inputs):
+            return self._neutral()  # training through the vectors, tracing, or no version counters
         # scoring: reused until a table, vector or buffer changes (in place or replaced), so a
         # served request with dropped fields does not recompute F frequency-weighted means
         state = (self.neutral_mode, *((t.data_ptr(), t._version) for t in inputs))

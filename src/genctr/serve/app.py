@@ -56,7 +56,9 @@ def create_app(run: Run, options: ServeOptions | None = None,
                plain_scorer: Callable[[EncodedSplit], np.ndarray] | None = None) -> "PredictFirst":
     """`strategies`: name -> fitted strategy (serve.strategies.fit_strategies); plain only by
     default. `plain_scorer` scores plain requests instead of the torch model (the ONNX backend,
-    serve.export.OnnxScorer); the other strategies always run the torch model."""
+    serve.export.OnnxScorer); the other strategies run what they were fitted with
+    (serve.strategies.fit_strategies: the torch model, or on the ONNX backend its drop-input
+    export)."""
     options = options or ServeOptions()
     strategies = strategies or {"plain": make_inference(InferenceOptions())}
     reader = RowReader(run.encoder, options.max_rows)

@@ -4,6 +4,10 @@ ONNX: one named input per column the model reads (`tokens.<field>`: int32 [rows]
 `values.<field>`: float32 [rows] for fields embedded as value × vector), one output
 `probability` float32 [rows], the row count dynamic. The encoder stays with genctr: a client
 encodes rows with the run's encoder (as `genctr serve` does) and feeds the columns.
+`--drop-input` (RUN/model.drop.onnx): one more input, `drop` bool [rows, fields] (True: the
+field gets its neutral embedding), and the output `logit` float32 [rows]: the forward pass that
+test-time strategies (UTTSI, MATT) run, so that a server on the ONNX backend runs them through
+onnxruntime too.
 pt2: `torch.export` of the model itself, its input the Batch dataclass (a registered pytree).
 """
 
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -40,23 +44,34 @@ def value_fields(model: CTRModel) -> list[str]:
 
 
 class ColumnScorer(nn.Module):
-    """Columns in a fixed order -> probabilities: the model behind flat, named inputs."""
+    """Columns in a fixed order -> probabilities: the model behind flat, named inputs; with
+    `drop`, one more input (the drop mask [rows, fields]) and logits out."""
 
-    def __init__(self, model: CTRModel, tokens: list[str], values: list[str]) -> None:
+    def __init__(self, model: CTRModel, tokens: list[str], values: list[str], drop: bool = False) -> None:
         super().__init__()
-        self.model, self.tokens, self.values = model, tokens, values
+        self.model, self.tokens, self.values, self.drop = model, tokens, values, drop
 
     def input_names(self) -> list[str]:
-        return [f"tokens.{n}" for n in self.tokens] + [f"values.{n}" for n in self.values]
+        names = [f"tokens.{n}" for n in self.tokens] + [f"values.{n}" for n in self.values]
+        return names + (["drop"] if self.drop else [])
 
-    def columns(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        return tuple(batch.tokens[n] for n in self.tokens) + tuple(batch.values[n] for n in self.values)
+    def output_name(self) -> str:
+        return "logit" if self.drop else "probability"
+
+    def columns(self, batch: Batch, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        columns = tuple(batch.tokens[n] for n in self.tokens) + tuple(batch.values[n] for n in self.values)
+        if self.drop:
+            columns += (drop if drop is not None else
+                        torch.zeros(len(batch), self.model.embedding.num_fields, dtype=torch.bool),)
+        return columns
 
     def forward(self, *columns: torch.Tensor) -> torch.Tensor:
         tokens = dict(zip(self.tokens, columns[:len(self.tokens)]))
-        values = dict(zip(self.values, columns[len(self.tokens):]))
+        values = dict(zip(self.values, columns[len(self.tokens):len(self.tokens) + len(self.values)]))
         rows = columns[0].shape[0]
         batch = Batch(tokens, values, torch.zeros(rows, dtype=torch.float32))
+        if self.drop:
+            return self.model(batch, columns[-1]).float()
         return torch.sigmoid(self.model(batch).float())
 
 
@@ -66,22 +81,29 @@ def example_split(encoder: FeatureEncoder, rows: int = 4) -> EncodedSplit:
     return encoder.encode_frame(columns_frame(encoder.schema, empty), with_label=False)
 
 
-def column_scorer(run: Run) -> ColumnScorer:
+def column_scorer(run: Run, drop: bool = False) -> ColumnScorer:
     return ColumnScorer(run.model, [s.name for s in run.encoder.schema.fields],
-                        value_fields(run.model)).eval()
+                        value_fields(run.model), drop).eval()
 
 
-def export_run(run: Run, export_format: ExportFormat, output: str | Path | None = None) -> Path:
-    """Write the export (default: RUN/model.onnx or RUN/model.pt2, replaced if there); a
-    given output that already exists is refused (genctr never overwrites a file it did not
-    make)."""
-    target = Path(output) if output else run.folder / f"model.{export_format}"
+def default_export(run: Run, export_format: ExportFormat, drop_input: bool = False) -> Path:
+    return run.folder / (f"model.drop.{export_format}" if drop_input else f"model.{export_format}")
+
+
+def export_run(run: Run, export_format: ExportFormat, output: str | Path | None = None,
+               drop_input: bool = False) -> Path:
+    """Write the export (default: RUN/model.onnx, RUN/model.drop.onnx with `drop_input`, or
+    RUN/model.pt2, replaced if there); a given output that already exists is refused (genctr
+    never overwrites a file it did not make)."""
+    if drop_input and export_format != "onnx":
+        raise ConfigError("--drop-input is an option of --format onnx")
+    target = Path(output) if output else default_export(run, export_format, drop_input)
     if output and target.exists():
         raise DataError(f"{target}: already exists; choose another --output (genctr does not "
                         "overwrite files it did not create)")
     check_writable(target, "the export file")
     batch = batch_of(example_split(run.encoder), slice(None))
-    scorer = column_scorer(run)
+    scorer = column_scorer(run, drop_input)
     rows = torch.export.Dim("rows", min=1)
     with torch.no_grad(), warnings.catch_warnings():
         # torch's exporter notes about its own internals, not about the user's model
@@ -90,7 +112,7 @@ def export_run(run: Run, export_format: ExportFormat, output: str | Path | None 
         if export_format == "onnx":
             columns = scorer.columns(batch)
             torch.onnx.export(scorer, columns, str(target), input_names=scorer.input_names(),
-                              output_names=["probability"], dynamo=True, verbose=False,
+                              output_names=[scorer.output_name()], dynamo=True, verbose=False,
                               dynamic_shapes={"columns": tuple({0: rows} for _ in columns)})
         elif export_format == "pt2":
             batch.group = None  # not an input of any model
@@ -105,7 +127,9 @@ def export_run(run: Run, export_format: ExportFormat, output: str | Path | None 
 
 
 class OnnxScorer:
-    """Scores encoded columns with onnxruntime (`genctr serve --backend onnx`)."""
+    """Scores encoded columns with onnxruntime (`genctr serve --backend onnx`): probabilities of
+    a split's rows from RUN/model.onnx; `logits(batch, drop)` from RUN/model.drop.onnx (the
+    forward pass of the test-time strategies, Inference.forward)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime
@@ -116,22 +140,42 @@ class OnnxScorer:
         self.session = onnxruntime.InferenceSession(str(path), options,
                                                     providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        self.output = self.session.get_outputs()[0].name
+        drop = [i for i in self.session.get_inputs() if i.name == "drop"]
+        self.fields = int(drop[0].shape[1]) if drop else None
 
-    def __call__(self, split: EncodedSplit) -> np.ndarray:
+    def _feed(self, tokens: dict, values: dict, drop: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feed = {}
         for name in self.inputs:
             kind, _, field = name.partition(".")
-            column = split.tokens[field] if kind == "tokens" else split.values[field]
-            feed[name] = np.ascontiguousarray(column)
-        return self.session.run(["probability"], feed)[0]
+            if name == "drop":
+                feed[name] = drop
+            else:
+                feed[name] = np.ascontiguousarray(tokens[field] if kind == "tokens" else values[field])
+        return feed
+
+    def __call__(self, split: EncodedSplit) -> np.ndarray:
+        return self.session.run([self.output], self._feed(split.tokens, split.values))[0]
+
+    def logits(self, batch: Batch, drop: torch.Tensor | None) -> torch.Tensor:
+        """logits [B] of a batch, fields in `drop` [B, F] neutral (None: none); needs the export
+        with the drop input."""
+        if self.fields is None:
+            raise ConfigError("this ONNX export has no drop input (genctr export --drop-input)")
+        mask = (np.zeros((len(batch), self.fields), dtype=bool) if drop is None
+                else np.ascontiguousarray(drop.numpy()))
+        tokens = {name: column.numpy() for name, column in batch.tokens.items()}
+        values = {name: column.numpy() for name, column in batch.values.items()}
+        return torch.from_numpy(self.session.run([self.output], self._feed(tokens, values, mask))[0])
 
 
-def onnx_for_serving(run: Run, log=print) -> Path:
-    """RUN/model.onnx, exported again when missing or older than the run's weights."""
+def onnx_for_serving(run: Run, log: Callable[[str], None] = print, drop_input: bool = False) -> Path:
+    """RUN/model.onnx (RUN/model.drop.onnx), exported again when missing or older than the
+    run's weights."""
     from genctr.train import BEST_WEIGHTS
 
-    path = run.folder / "model.onnx"
+    path = default_export(run, "onnx", drop_input)
     if not path.is_file() or path.stat().st_mtime < (run.folder / BEST_WEIGHTS).stat().st_mtime:
-        log(f"exporting the model to {path} (ONNX)")
-        export_run(run, "onnx")
+        log(f"exporting the model to {path} (ONNX{', with the drop input' if drop_input else ''})")
+        export_run(run, "onnx", drop_input=drop_input)
     return path

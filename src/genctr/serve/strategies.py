@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
+from genctr.data.batches import Batch
 from genctr.errors import ConfigError
 from genctr.runs import Run, moved_data
 from genctr.serve.rows import RequestError
@@ -39,8 +42,12 @@ def parse_spec(spec: str) -> InferenceOptions:
 
 
 def fit_strategies(run: Run, specs: list[str], data_dir: str | Path | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Inference]:
-    """name -> fitted strategy; plain always."""
+                   log: Callable[[str], None] = print,
+                   forward: Callable[[Batch, torch.Tensor | None], torch.Tensor] | None = None
+                   ) -> dict[str, Inference]:
+    """name -> fitted strategy; plain always. `forward`: the pass every strategy that can
+    runs instead of the torch model, fitting included (the ONNX backend's
+    OnnxScorer.logits over RUN/model.drop.onnx); MC-dropout keeps the torch model."""
     chosen = {o.describe(): o for o in map(parse_spec, ["plain", *specs])}
     fitted: dict[str, Inference] = {"plain": make_inference(chosen.pop("plain"))}
     if not chosen:
@@ -52,6 +59,8 @@ def fit_strategies(run: Run, specs: list[str], data_dir: str | Path | None = Non
         index = (frequency_index(dataset, options.index, run.folder)
                  if STRATEGIES[options.strategy].uses_index else None)
         strategy = make_inference(options, index=index)
+        if forward is not None and strategy.exported_forward:
+            strategy.forward = forward
         strategy.fit(run.model, valid)
         log(f"inference {name}: fitted on the valid split ({len(valid):,} rows)")
         fitted[name] = strategy

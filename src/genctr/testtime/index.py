@@ -196,6 +196,13 @@ class FrequencyIndex:
                                     dtype=np.int64).reshape(len(combos), order)
         return cache[order]
 
+    def member_positions(self, order: int) -> np.ndarray:
+        """int [C, order]: pair_members as positions among all the model's fields (kept)."""
+        cache = self.__dict__.setdefault("_member_positions", {})
+        if order not in cache:
+            cache[order] = self.field_positions()[self.pair_members(order)]
+        return cache[order]
+
     @property
     def nbytes(self) -> int:
         return sum(c.nbytes for c in self.counters.values())

@@ -16,7 +16,7 @@ trigger threshold for a cost budget), then composes with any CTRModel through `d
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import numpy as np
 import torch
@@ -123,6 +123,9 @@ class Inference:
     """Plain inference; the base of every strategy."""
 
     uses_index = False
+    # its passes are plain forwards (the model with a drop mask), which an exported graph can run
+    # instead of the torch model (`forward`, set by a server on the ONNX backend)
+    exported_forward = True
 
     def __init__(self, options: InferenceOptions, bf16: bool = False,
                  index: FrequencyIndex | None = None, members: list[CTRModel] | tuple = (),
@@ -132,6 +135,7 @@ class Inference:
         self.index = index
         self.members = list(members)  # other models (ensembles); each in eval mode
         self.imputer = imputer
+        self.forward: Callable[[Batch, torch.Tensor | None], torch.Tensor] | None = None
         if options.impute == "denoiser" and (imputer is None or options.strategy != "uttsi"):
             raise ConfigError("inference impute: denoiser is a uttsi option and needs the run's "
                               "pre-trained denoiser (a run fine-tuned from a pre-training)")
@@ -171,7 +175,10 @@ class Inference:
     def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass on the model's device, logits back on the host (where the paths,
         confidences and aggregation live); the caller has put the model in eval mode
-        (MC-dropout turns its dropout layers back on)."""
+        (MC-dropout turns its dropout layers back on). With `forward` set, that runs the pass
+        instead (the ONNX backend's onnxruntime session; `model` still answers everything else)."""
+        if self.forward is not None:
+            return self.forward(batch, drop)
         device = model_device(model)
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
             logits = model(move_batch(batch, device), None if drop is None else drop.to(device))
@@ -262,6 +269,8 @@ class RandomPaths(PathEnsemble):
 
 class MCDropout(Inference):
     """Control: the plain pass plus M-1 passes with the model's dropout layers on."""
+
+    exported_forward = False  # dropout on at inference: the torch model only
 
     def passes_per_batch(self) -> int:
         return self.options.paths

@@ -30,24 +30,23 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
     of a combination is still kept, with probability 1 - the combination's confidence drop its
     least confident member. Fields in `base_drop` [B, F] are dropped on every path.
     """
-    fields = torch.from_numpy(conf.fields)
+    fields = conf.fields  # [B, F]; the walk runs in numpy: a small op costs a tenth of torch's
     rows, num_fields = fields.shape
-    keep = torch.rand(paths, rows, num_fields, generator=generator) < fields
+    kept = torch.rand(paths, rows, num_fields, generator=generator).numpy() < fields
     if base_drop is not None:
-        keep &= ~base_drop
-    positions = torch.from_numpy(index.field_positions())
-    kept = keep.numpy()  # the combination walk in numpy: a small op costs a tenth of torch's
+        kept &= ~base_drop.numpy()
     for order in (2, 3):
         if order not in conf.orders:
             continue
-        members = positions[torch.from_numpy(index.pair_members(order))]  # [C, order] model fields
-        weakest = members[torch.arange(len(members)), fields[:, members].argmin(dim=-1)].numpy()  # [B, C]
+        members = index.member_positions(order)  # [C, order] model fields
+        least = fields[:, members].argmin(axis=-1)  # [B, C]: the least confident member
+        weakest = members[np.arange(len(members)), least]  # [B, C] its model field
         combo_conf = conf.orders[order]  # [B, C]
         draws = torch.rand(paths, rows, len(members), generator=generator).numpy()
         dropping = draws >= combo_conf  # [paths, B, C]: would drop, if every member is still kept
         walk = _walk_entries if kept.size <= SMALL_WALK else _walk_combinations
-        walk(kept, dropping, members.numpy(), weakest)
-    return ~keep
+        walk(kept, dropping, members, weakest)
+    return torch.from_numpy(~kept)
 
 
 def _walk_combinations(kept: np.ndarray, dropping: np.ndarray, members: np.ndarray,
