@@ -191,11 +191,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_the_real_server_scores_rows_and_shuts_down_gracefully(served):
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_the_real_server_scores_rows_and_shuts_down_gracefully(served, backend):
     folder, raw, expected = served
     port = _free_port()
+    extra = ["--backend", "onnx", "--inference", "uttsi@2.0"] if backend == "onnx" else []
     server = subprocess.Popen([sys.executable, "-m", "genctr", "serve", str(folder / "run"),
-                               "--port", str(port), "--threads", "1", "--max-wait-ms", "0"],
+                               "--port", str(port), "--threads", "1", "--max-wait-ms", "0", *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
     base = f"http://127.0.0.1:{port}"
@@ -213,9 +215,15 @@ def test_the_real_server_scores_rows_and_shuts_down_gracefully(served):
         with httpx.Client(base_url=base, timeout=10) as http:
             answers = [http.post("/predict", json={"rows": rows[i:i + 8]}) for i in range(0, 64, 8)]
             bad = http.post("/predict", content=b"{")
+            uttsi = http.post("/predict", json={"rows": rows, "inference": {"strategy": "uttsi", "budget": 2.0}})
         assert all(a.status_code == 200 for a in answers) and bad.status_code == 400
         scored = np.concatenate([a.json()["probabilities"] for a in answers])
-        np.testing.assert_allclose(scored, expected, atol=1e-6)
+        np.testing.assert_allclose(scored, expected, atol=1e-6 if backend == "torch" else 1e-5)
+        if backend == "onnx":  # UTTSI's passes through the drop-input export, made at start
+            assert uttsi.status_code == 200 and len(uttsi.json()["probabilities"]) == 64
+            assert (folder / "run" / "model.drop.onnx").is_file()
+        else:
+            assert uttsi.status_code == 422  # not offered by this server
     finally:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
