@@ -543,3 +543,39 @@ def test_generative_uttsi_imputes_filtered_fields_from_the_denoiser(small_synthe
                               dataset=small_synthetic, log=lambda line: None)
     with pytest.raises(ConfigError, match="trained from scratch"):
         evaluate_run_inference(scratch, small_synthetic, options, measure_latency=False)
+
+
+def test_oov_masking_trains_the_tables_oov_rows_that_transfer(small_synthetic):
+    """mask: oov gives masked fields their OOV token, so the OOV rows (what an unseen value, a
+    cold user's id, meets at fine-tuning and test) get gradients; the [MASK] vector gets none."""
+    from genctr.pretrain.backbone import unknown_fields
+    from genctr.schema import OOV
+
+    fields = field_infos(small_synthetic.encoder)
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 256))
+    chosen = torch.rand(256, len(fields), generator=torch.Generator().manual_seed(0)) < 0.3
+    unknown = unknown_fields(batch, chosen, fields)
+    for i, info in enumerate(fields):
+        before, after = batch.tokens[info.name], unknown.tokens[info.name]
+        first = after if after.dim() == 1 else after[:, 0]
+        assert torch.all(first[chosen[:, i]] == OOV)
+        assert torch.equal(after[~chosen[:, i]], before[~chosen[:, i]])
+        if after.dim() == 2:
+            assert not after[chosen[:, i]][:, 1:].any()  # one item: OOV
+    grads = {}
+    for mask in ("neutral", "oov"):
+        options = PretrainOptions.model_validate({"denoiser": {**BACKBONE, "mask": mask},
+                                                  "heads": {"sampled_above": 100}})
+        net = build_network(fields, options)
+        loss, _, _ = net.losses(batch, net.masks(batch, torch.Generator().manual_seed(0)))
+        loss.backward()
+        table = next(f.name for f in fields if f.kind.name == "categorical")
+        grads[mask] = (net.backbone.embedding.tables[table].weight.grad[OOV].abs().sum().item(),
+                       net.backbone.embedding.learned_neutral.grad)
+    assert grads["oov"][0] > 0 and grads["oov"][1] is None
+    assert grads["neutral"][1] is not None
+    with pytest.raises(ValueError, match="mask applies to a model backbone"):
+        PretrainOptions.model_validate({"denoiser": {"mask": "oov"}})
+    with pytest.raises(ConfigError, match="mask: oov masks fields"):
+        build_network(fields, PretrainOptions.model_validate(
+            {"denoiser": {**BACKBONE, "mask": "oov"}, "objective": "rfd"}))

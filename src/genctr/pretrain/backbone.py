@@ -13,7 +13,10 @@ self_balancing / proportional):
   (a draw from the field's empirical distribution) and one binary head per field says whether
   the value was replaced (cheap for huge vocabularies).
 The label is never an input or a target here, so pre-training can use rows whose labels are held
-back. A body without attention has no place for difficulty-guided attention; as an ablation,
+back. `mask: oov` masks a field with its out-of-vocabulary token instead of the [MASK] vector:
+the OOV row (a numeric field's missing-value vector) is then trained as "this field unknown, the
+others given" and transferred, where otherwise it stays at its initial value, never seen in
+training, and a cold user's unseen id reaches a body that never met it. A body without attention has no place for difficulty-guided attention; as an ablation,
 `input_scaling` multiplies each field's input embedding by exp(−s_f/2) while pre-training, so a
 field the balancer finds hard (large s_f) enters the body with a smaller norm.
 """
@@ -31,6 +34,7 @@ from genctr.nn.embedding import FieldEmbedding, FieldInfo
 from genctr.pretrain.balance import Balancer, BalancerOptions
 from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
 from genctr.pretrain.heads import FieldLosses, HeadOptions, field_loss, head_kind
+from genctr.schema import OOV
 
 
 def build_backbone(name: str, fields: list[FieldInfo], options: dict) -> CTRModel:
@@ -48,10 +52,15 @@ class BackboneNet(nn.Module):
 
     def __init__(self, fields: list[FieldInfo], backbone: str, backbone_options: dict,
                  objective: str, heads: HeadOptions, balancer: BalancerOptions,
-                 corruption: CorruptionOptions, input_scaling: bool = False) -> None:
+                 corruption: CorruptionOptions, input_scaling: bool = False,
+                 mask: str = "neutral") -> None:
         super().__init__()
         self.fields = fields
         self.objective = objective
+        self.mask = mask
+        if mask != "neutral" and objective != "mfp":
+            raise ConfigError("pretrain.denoiser.mask: oov masks fields for masked field "
+                              "prediction (objective mfp); rfd replaces them")
         self.backbone = build_backbone(backbone, fields, backbone_options)
         self.heads = BackboneHeads(fields, self.backbone, heads, objective)
         self.balancer = Balancer(balancer, len(fields) + 1)  # the label slot stays absent
@@ -84,13 +93,36 @@ class BackboneNet(nn.Module):
     def _losses(self, batch: Batch, masks: Masks) -> tuple[torch.Tensor, torch.Tensor, FieldLosses]:
         chosen = masks.fields[:, :-1]
         if self.objective == "mfp":
-            hidden = self.backbone.represent(batch, chosen)
+            hidden = self.masked_hidden(batch, chosen)
             field_losses = self.heads.reconstruct(hidden, batch, chosen)
         else:
             replaced, changed = replace_fields(batch, chosen, self.fields)
             field_losses = self.heads.detect(self.backbone.represent(replaced), changed)
         loss, weights = self.balancer(field_losses.losses, field_losses.present)
         return loss, weights, field_losses
+
+
+    def masked_hidden(self, batch: Batch, chosen: torch.Tensor) -> torch.Tensor:
+        """[B, H] of the batch with the `chosen` fields [B, F] masked as `mask` says."""
+        if self.mask == "oov":
+            return self.backbone.represent(unknown_fields(batch, chosen, self.fields))
+        return self.backbone.represent(batch, chosen)
+
+
+def unknown_fields(batch: Batch, chosen: torch.Tensor, fields: list[FieldInfo]) -> Batch:
+    """The batch with the chosen fields [B, F] set to the out-of-vocabulary token: a list field
+    becomes the one item OOV, a numeric field's value is missing (its token OOV)."""
+    tokens = dict(batch.tokens)
+    for i, info in enumerate(fields):
+        rows = chosen[:, i]
+        original = batch.tokens[info.name]
+        if original.dim() == 1:
+            tokens[info.name] = torch.where(rows, torch.full_like(original, OOV), original)
+        else:
+            unknown = torch.zeros_like(original)
+            unknown[:, 0] = OOV
+            tokens[info.name] = torch.where(rows.unsqueeze(1), unknown, original)
+    return Batch(tokens, batch.values, batch.label, batch.group)
 
 
 def replace_fields(batch: Batch, chosen: torch.Tensor, fields: list[FieldInfo]

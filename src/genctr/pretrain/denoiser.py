@@ -51,6 +51,11 @@ class DenoiserOptions(Strict):
         False, description="model backbones: multiply each field's input embedding by "
         "exp(-s_f/2) (s detached) while pre-training, the difficulty guidance of a body without "
         "attention (an ablation; needs a learned balancer; fine-tuning sees unscaled inputs)")
+    mask: Literal["neutral", "oov"] = Field(
+        "neutral", description="model backbones, objective mfp: what a masked field receives, "
+        "the backbone's learned per-field [MASK] vector (not transferred), or the field's "
+        "out-of-vocabulary token (its table's OOV row, or a numeric field's missing-value vector: "
+        "transferred, and what fine-tuning and scoring give an unseen value, such as a cold user's id)")
 
     @model_validator(mode="after")
     def _keys_of_the_chosen_denoiser(self) -> "DenoiserOptions":
@@ -60,6 +65,9 @@ class DenoiserOptions(Strict):
             if self.input_scaling:
                 raise ValueError("input_scaling applies to a model backbone; the transformer "
                                  "has difficulty-guided attention (guidance)")
+            if self.mask != "neutral":
+                raise ValueError("mask applies to a model backbone; the transformer has its own "
+                                 "[MASK] state")
             return self
         from genctr.models import MODELS, model_options  # the registry, validated by name
 

@@ -47,7 +47,7 @@ class DenoiserImputer:
         backbone, heads = self.net.backbone, self.net.heads
         device = backbone.embedding.tables_device()
         with torch.inference_mode():
-            hidden = backbone.represent(move_batch(batch, device), masked.to(device))
+            hidden = self.net.masked_hidden(move_batch(batch, device), masked.to(device))
             out = {}
             for position, info in enumerate(self.fields):
                 if info.kind not in IMPUTABLE or not masked[:, position].any():

@@ -102,7 +102,8 @@ def build_network(fields: list[FieldInfo], options: PretrainOptions) -> Generati
                               "(pretrain.denoiser.backbone: dnn, dcnv2, ...)")
         return GenerativeNet(fields, denoiser, options.heads, options.balancer, options.corruption)
     return BackboneNet(fields, denoiser.backbone, denoiser.backbone_options, options.objective,
-                       options.heads, options.balancer, options.corruption, denoiser.input_scaling)
+                       options.heads, options.balancer, options.corruption, denoiser.input_scaling,
+                       denoiser.mask)
 
 
 # keys of a pre-training's config that may change when it is continued with --resume
