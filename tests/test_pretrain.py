@@ -548,13 +548,13 @@ def test_generative_uttsi_imputes_filtered_fields_from_the_denoiser(small_synthe
 def test_oov_masking_trains_the_tables_oov_rows_that_transfer(small_synthetic):
     """mask: oov gives masked fields their OOV token, so the OOV rows (what an unseen value, a
     cold user's id, meets at fine-tuning and test) get gradients; the [MASK] vector gets none."""
-    from genctr.pretrain.backbone import unknown_fields
+    from genctr.data.batches import with_unknown
     from genctr.schema import OOV
 
     fields = field_infos(small_synthetic.encoder)
     batch = batch_of(small_synthetic.splits["train"], slice(0, 256))
     chosen = torch.rand(256, len(fields), generator=torch.Generator().manual_seed(0)) < 0.3
-    unknown = unknown_fields(batch, chosen, fields)
+    unknown = with_unknown(batch, chosen, [f.name for f in fields])
     for i, info in enumerate(fields):
         before, after = batch.tokens[info.name], unknown.tokens[info.name]
         first = after if after.dim() == 1 else after[:, 0]

@@ -275,3 +275,34 @@ def test_block_shuffle_covers_every_row_once_and_reads_block_by_block():
     assert (np.diff(blocks) != 0).sum() == 1000 // 128  # one change of block per block boundary
     assert not np.array_equal(order, batch_order(1000, seed=4, block_rows=128))
     assert np.array_equal(order, batch_order(1000, seed=3, block_rows=128))
+
+
+def test_oov_dropout_feeds_unseen_values_so_the_oov_rows_learn(small_synthetic, tmp_path):
+    """train.oov_dropout replaces values by the OOV token in training steps: the OOV row of a
+    table gets a gradient (without it, a train split with no unseen value never touches it)."""
+    from genctr.data.batches import batch_of
+    from genctr.models import build_model
+    from genctr.nn.embedding import field_infos
+    from genctr.schema import OOV
+    from genctr.train import TrainConfig
+
+    batch = batch_of(small_synthetic.splits["train"], slice(0, 512))
+    seen = {}
+    for rate in (0.0, 0.3):
+        torch.manual_seed(0)
+        trainer = Trainer(TrainConfig(oov_dropout=rate, progress=False), tmp_path / f"r{rate}",
+                          log=lambda line: None)
+        model = build_model("dnn", field_infos(small_synthetic.encoder), {"hidden_units": [8]})
+        fed = []
+
+        def forward(b, drop, model=model, fed=fed):
+            fed.append(b)
+            return model(b, drop)
+
+        model.train()
+        trainer.train_step(forward, model, trainer.optimizer(model), batch)
+        tokens = fed[0].tokens["user_id"]
+        seen[rate] = (float((tokens == OOV).float().mean()),
+                      model.embedding.tables["user_id"].weight.grad[OOV].abs().sum().item())
+    assert seen[0.0] == (0.0, 0.0) and (batch.tokens["user_id"] == OOV).sum() == 0
+    assert 0.2 < seen[0.3][0] < 0.4 and seen[0.3][1] > 0

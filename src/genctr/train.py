@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from genctr.data.batches import Batch, batch_of, iterate_batches, prefetched
+from genctr.data.batches import Batch, batch_of, iterate_batches, prefetched, with_unknown
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError, DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
@@ -71,6 +71,11 @@ class TrainConfig(Strict):
     field_dropout: float = Field(0.0, ge=0, lt=1, description="probability of replacing each "
                                  "field by its neutral embedding in a training step, so that "
                                  "test-time drops are familiar (then no longer training-free)")
+    oov_dropout: float = Field(0.0, ge=0, lt=1, description="probability of replacing each "
+                               "field's value by the out-of-vocabulary token in a training step "
+                               "(a numeric field's by 'missing'), so that the OOV rows learn what "
+                               "an unseen value, such as a cold user's id, should mean; without "
+                               "it they keep their initial values when train has no unseen value")
     shuffle_block_rows: int | None = Field(None, ge=1, description="shuffle by blocks of this "
                                            "many consecutive rows (blocks in a seeded order, rows "
                                            "permuted inside each), for a train split larger than "
@@ -394,6 +399,10 @@ class Trainer:
         cfg = self.config
         drop = (torch.rand(len(batch), model.embedding.num_fields, device=batch.label.device)
                 < cfg.field_dropout if cfg.field_dropout else None)
+        if cfg.oov_dropout:
+            fields = model.embedding.fields
+            unknown = torch.rand(len(batch), len(fields), device=batch.label.device) < cfg.oov_dropout
+            batch = with_unknown(batch, unknown, [f.name for f in fields])
         with self.runtime.autocast():
             logits = forward(batch, drop)
         loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from genctr.data.encoded import EncodedSplit
+from genctr.schema import OOV
 
 
 @dataclass
@@ -40,6 +41,22 @@ class Batch:
 
 # a pytree, so that torch.export takes a Batch as a model's input (genctr export --format pt2)
 torch.export.register_dataclass(Batch, serialized_type_name="genctr.data.batches.Batch")
+
+
+def with_unknown(batch: Batch, chosen: torch.Tensor, names: list[str]) -> Batch:
+    """The batch with the chosen fields [B, F] (F: `names`, in order) set to the
+    out-of-vocabulary token, as an unseen value arrives: a list field becomes the one item OOV,
+    a numeric field's value is missing (its token OOV)."""
+    tokens = dict(batch.tokens)
+    for i, name in enumerate(names):
+        rows, original = chosen[:, i], batch.tokens[name]
+        if original.dim() == 1:
+            tokens[name] = torch.where(rows, torch.full_like(original, OOV), original)
+        else:
+            unknown = torch.zeros_like(original)
+            unknown[:, 0] = OOV
+            tokens[name] = torch.where(rows.unsqueeze(1), unknown, original)
+    return Batch(tokens, batch.values, batch.label, batch.group)
 
 
 def batch_of(split: EncodedSplit, rows: np.ndarray | slice) -> Batch:

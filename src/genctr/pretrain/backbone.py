@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genctr.data.batches import Batch
+from genctr.data.batches import Batch, with_unknown
 from genctr.errors import ConfigError
 from genctr.models import build_model
 from genctr.models.base import CTRModel
@@ -34,7 +34,6 @@ from genctr.nn.embedding import FieldEmbedding, FieldInfo
 from genctr.pretrain.balance import Balancer, BalancerOptions
 from genctr.pretrain.corruption import Corruption, CorruptionOptions, Masks
 from genctr.pretrain.heads import FieldLosses, HeadOptions, field_loss, head_kind
-from genctr.schema import OOV
 
 
 def build_backbone(name: str, fields: list[FieldInfo], options: dict) -> CTRModel:
@@ -105,24 +104,8 @@ class BackboneNet(nn.Module):
     def masked_hidden(self, batch: Batch, chosen: torch.Tensor) -> torch.Tensor:
         """[B, H] of the batch with the `chosen` fields [B, F] masked as `mask` says."""
         if self.mask == "oov":
-            return self.backbone.represent(unknown_fields(batch, chosen, self.fields))
+            return self.backbone.represent(with_unknown(batch, chosen, [f.name for f in self.fields]))
         return self.backbone.represent(batch, chosen)
-
-
-def unknown_fields(batch: Batch, chosen: torch.Tensor, fields: list[FieldInfo]) -> Batch:
-    """The batch with the chosen fields [B, F] set to the out-of-vocabulary token: a list field
-    becomes the one item OOV, a numeric field's value is missing (its token OOV)."""
-    tokens = dict(batch.tokens)
-    for i, info in enumerate(fields):
-        rows = chosen[:, i]
-        original = batch.tokens[info.name]
-        if original.dim() == 1:
-            tokens[info.name] = torch.where(rows, torch.full_like(original, OOV), original)
-        else:
-            unknown = torch.zeros_like(original)
-            unknown[:, 0] = OOV
-            tokens[info.name] = torch.where(rows.unsqueeze(1), unknown, original)
-    return Batch(tokens, batch.values, batch.label, batch.group)
 
 
 def replace_fields(batch: Batch, chosen: torch.Tensor, fields: list[FieldInfo]
