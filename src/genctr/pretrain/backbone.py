@@ -16,8 +16,8 @@ The label is never an input or a target here, so pre-training can use rows whose
 back. `mask: oov` masks a field with its out-of-vocabulary token instead of the [MASK] vector:
 the OOV row (a numeric field's missing-value vector) is then trained as "this field unknown, the
 others given" and transferred, where otherwise it stays at its initial value, never seen in
-training, and a cold user's unseen id reaches a body that never met it. A body without attention has no place for difficulty-guided attention; as an ablation,
-`input_scaling` multiplies each field's input embedding by exp(−s_f/2) while pre-training, so a
+training, and a cold user's unseen id reaches a body that never met it. A body without
+attention has no place for difficulty-guided attention; as an ablation, `input_scaling` multiplies each field's input embedding by exp(−s_f/2) while pre-training, so a
 field the balancer finds hard (large s_f) enters the body with a smaller norm.
 """
 
@@ -99,7 +99,6 @@ class BackboneNet(nn.Module):
             field_losses = self.heads.detect(self.backbone.represent(replaced), changed)
         loss, weights = self.balancer(field_losses.losses, field_losses.present)
         return loss, weights, field_losses
-
 
     def masked_hidden(self, batch: Batch, chosen: torch.Tensor) -> torch.Tensor:
         """[B, H] of the batch with the `chosen` fields [B, F] masked as `mask` says."""

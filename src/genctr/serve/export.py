@@ -58,11 +58,11 @@ class ColumnScorer(nn.Module):
     def output_name(self) -> str:
         return "logit" if self.drop else "probability"
 
-    def columns(self, batch: Batch, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def columns(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """The inputs for a batch (with `drop`: no field dropped), as the export traces them."""
         columns = tuple(batch.tokens[n] for n in self.tokens) + tuple(batch.values[n] for n in self.values)
         if self.drop:
-            columns += (drop if drop is not None else
-                        torch.zeros(len(batch), self.model.embedding.num_fields, dtype=torch.bool),)
+            columns += (torch.zeros(len(batch), self.model.embedding.num_fields, dtype=torch.bool),)
         return columns
 
     def forward(self, *columns: torch.Tensor) -> torch.Tensor:
@@ -145,6 +145,7 @@ class OnnxScorer:
         self.fields = int(drop[0].shape[1]) if drop else None
 
     def _feed(self, tokens: dict, values: dict, drop: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The session's inputs from columns (numpy arrays or CPU tensors), the drop mask last."""
         feed = {}
         for name in self.inputs:
             kind, _, field = name.partition(".")
@@ -164,9 +165,8 @@ class OnnxScorer:
             raise ConfigError("this ONNX export has no drop input (genctr export --drop-input)")
         mask = (np.zeros((len(batch), self.fields), dtype=bool) if drop is None
                 else np.ascontiguousarray(drop.numpy()))
-        tokens = {name: column.numpy() for name, column in batch.tokens.items()}
-        values = {name: column.numpy() for name, column in batch.values.items()}
-        return torch.from_numpy(self.session.run([self.output], self._feed(tokens, values, mask))[0])
+        feed = self._feed(batch.tokens, batch.values, mask)
+        return torch.from_numpy(self.session.run([self.output], feed)[0])
 
 
 def onnx_for_serving(run: Run, log: Callable[[str], None] = print, drop_input: bool = False) -> Path:

@@ -72,18 +72,20 @@ def _rows_past(ascending: np.ndarray, values: list[float], boundary: float,
     return len(values) - last + near
 
 
-def fit_threshold(uncertainty: np.ndarray, budget: float, max_extra: int,
-                  ascending: np.ndarray | None = None) -> float:
-    """The lowest τ whose average cost 1 + mean K(u; τ) stays within the budget (inf: none).
-    `ascending`: the uncertainties already sorted."""
-    ascending = np.sort(uncertainty) if ascending is None else ascending
-    values = ascending.tolist()
+def fit_threshold(uncertainty: np.ndarray, budget: float, max_extra: int) -> float:
+    """The lowest τ whose average cost 1 + mean K(u; τ) stays within the budget (inf: none)."""
+    ascending = np.sort(uncertainty)
+    return _fit_threshold(ascending, ascending.tolist(), budget, max_extra)
+
+
+def _fit_threshold(ascending: np.ndarray, values: list[float], budget: float, max_extra: int) -> float:
+    """fit_threshold over the uncertainties sorted ascending (`values`: the same as a list)."""
     cost = lambda t: _mean_cost(ascending, t, max_extra, values=values)  # noqa: E731
-    if budget < 1 + 1 / max(len(uncertainty), 1):
+    if budget < 1 + 1 / max(len(ascending), 1):
         return math.inf
     if cost(0.0) <= budget:
         return 0.0
-    low, high = 0.0, float(uncertainty.max()) + 1e-6  # cost(high) == 1
+    low, high = 0.0, float(ascending[-1]) + 1e-6  # cost(high) == 1
     for _ in range(40):
         middle = (low + high) / 2
         low, high = (low, middle) if cost(middle) <= budget else (middle, high)
@@ -94,12 +96,10 @@ def fit_allocation(uncertainty: np.ndarray, budget: float, max_extra: int) -> tu
     """(τ, gain): τ from fit_threshold; where even τ = 0 leaves budget unspent (everyone explored,
     most with few extra passes), the largest gain whose cost stays within the budget."""
     ascending = np.sort(uncertainty)
-    threshold = fit_threshold(uncertainty, budget, max_extra, ascending)
-    if threshold != 0.0 or len(uncertainty) == 0:
-        return threshold, 1.0
     values = ascending.tolist()
+    threshold = _fit_threshold(ascending, values, budget, max_extra)
     cost = lambda g: _mean_cost(ascending, 0.0, max_extra, g, values)  # noqa: E731
-    if cost(1.0) >= budget:
+    if threshold != 0.0 or len(uncertainty) == 0 or cost(1.0) >= budget:
         return threshold, 1.0
     positive = uncertainty[uncertainty > 0]
     low, high = 1.0, 1.0 / max(float(positive.min()), 1e-9) if len(positive) else 1.0
