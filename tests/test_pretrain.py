@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from genctr.cli import app
 from genctr.config import DataConfig, RunConfig
 from genctr.data.batches import batch_of
+from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.nn.embedding import field_infos
 from genctr.pretrain.balance import Balancer, BalancerOptions
@@ -579,3 +580,48 @@ def test_oov_masking_trains_the_tables_oov_rows_that_transfer(small_synthetic):
     with pytest.raises(ConfigError, match="mask: oov masks fields"):
         build_network(fields, PretrainOptions.model_validate(
             {"denoiser": {**BACKBONE, "mask": "oov"}, "objective": "rfd"}))
+
+
+def test_label_aware_backbone_pretraining_reads_only_the_labelled_fractions_labels(small_synthetic, tmp_path):
+    """pretrain.label_fraction: the labels of the seeded fraction a fine-tuning with the same
+    fraction and seed trains on are a target of the backbone's own output layer (weighed in the
+    label slot), every other label is never read (flipping them changes nothing), and full
+    transfer carries the pre-trained output layer."""
+    from genctr.data.labelled import labelled_positions, labelled_rows, labels_held_back
+    from genctr.data.store import EncodedDataset
+    from genctr.models import build_model
+    from genctr.pretrain.transfer import pretrained_model_options, transfer_pretrained
+
+    train = small_synthetic.splits["train"]
+    held = labels_held_back(train, 0.1, seed=3)
+    known = np.isfinite(held.label)
+    assert known.sum() == len(labelled_rows(train, 0.1, seed=3))
+    assert np.array_equal(np.flatnonzero(known), labelled_positions(len(train), 0.1, 3))
+    assert np.array_equal(held.label[known], labelled_rows(train, 0.1, seed=3).label)
+
+    flipped_label = np.asarray(train.label).copy()
+    flipped_label[~known] = 1 - flipped_label[~known]
+    flipped = EncodedDataset(small_synthetic.name, small_synthetic.encoder,
+                             {**small_synthetic.splits, "train": EncodedSplit(
+                                 train.tokens, train.values, train.lengths, flipped_label,
+                                 train.group, train.segments)})
+    config = PretrainConfig(data=DATA, pretrain={
+        "epochs": 1, "batch_size": 256, "seed": 3, "label_fraction": 0.1, "denoiser": BACKBONE,
+        "balancer": {"name": "self_balancing"}, "heads": {"sampled_above": 100}})
+    runs = {}
+    for name, dataset in (("as_is", small_synthetic), ("flipped", flipped)):
+        runs[name] = pretrain_run(config, tmp_path / name, dataset=dataset, log=lambda line: None)
+    folder, net, history = runs["as_is"]
+    assert np.isfinite(history[-1]["field_loss"]["label"])
+    assert history[-1]["weight"]["label"] > 0
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, runs["flipped"][1].state_dict()[key]), key
+    options = pretrained_model_options({"name": "dcnv2"}, folder)
+    model = build_model("dcnv2", field_infos(small_synthetic.encoder),
+                        {k: v for k, v in options.items() if k != "name"})
+    transfer_pretrained(model, folder, small_synthetic.encoder)
+    output = {k: v for k, v in net.backbone.state_dict().items() if k.startswith("head.")}
+    assert output and all(torch.equal(model.state_dict()[k], v) for k, v in output.items())
+    with pytest.raises(ConfigError, match="label_fraction is for model backbones"):
+        build_network(field_infos(small_synthetic.encoder),
+                      PretrainOptions.model_validate({"label_fraction": 0.1}))

@@ -116,7 +116,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_label_fraction_takes_a_seeded_sample_in_order(small_synthetic):
-    from genctr.runs import labelled_rows
+    from genctr.data.labelled import labelled_rows
 
     train = small_synthetic.splits["train"]
     tenth = labelled_rows(train, 0.1, seed=1)

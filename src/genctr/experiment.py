@@ -227,11 +227,14 @@ def pretrain_fields(config: RunConfig) -> dict[str, Any]:
     seconds = [r["epoch_seconds"] for r in read_jsonl(Path(config.init_from) / HISTORY)]
     pretrained = yaml.safe_load((Path(config.init_from) / "config.yaml").read_text())["pretrain"]
     transfer = transfer_label(config, pretrained["denoiser"].get("backbone", "transformer"))
-    return {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
-            "pretrain_field_weights": final_field_weights(config.init_from),
-            "denoiser": pretrained["denoiser"].get("backbone", "transformer"),
-            "objective": pretrained.get("objective", "mfp"), "transfer": transfer,
-            "pretrain_epochs": pretrained["epochs"]}
+    fields = {"pretrain_epoch_seconds": float(np.median(seconds)), "pretrain_run": config.init_from,
+              "pretrain_field_weights": final_field_weights(config.init_from),
+              "denoiser": pretrained["denoiser"].get("backbone", "transformer"),
+              "objective": pretrained.get("objective", "mfp"), "transfer": transfer,
+              "pretrain_epochs": pretrained["epochs"]}
+    if pretrained.get("label_fraction") is not None:  # a label-aware pre-training
+        fields["pretrain_label_fraction"] = pretrained["label_fraction"]
+    return fields
 
 
 def transfer_label(config: RunConfig, denoiser: str) -> str:

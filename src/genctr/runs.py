@@ -20,6 +20,7 @@ from genctr.config import DATA_RESUMABLE_KEYS, DataConfig, RunConfig
 from genctr.data.encode import FeatureEncoder
 from genctr.distributed import current as current_distributed
 from genctr.data.encoded import EncodedSplit
+from genctr.data.labelled import labelled_count, labelled_rows
 from genctr.data.raw import FILE_COLUMN, LINE_COLUMN, RawDataset
 from genctr.data.sources.base import read_table_file
 from genctr.data.store import EncodedDataset
@@ -90,20 +91,6 @@ def effective_config(config: RunConfig, dataset: EncodedDataset,
             "its AUC is too noisy to pick the best epoch, so train.monitor is switched to logloss")
         config = config.model_copy(update={"train": config.train.model_copy(update={"monitor": "logloss"})})
     return config
-
-
-def labelled_count(rows: int, fraction: float) -> int:
-    return rows if fraction >= 1.0 else max(1, int(round(fraction * rows)))
-
-
-def labelled_rows(train: EncodedSplit, fraction: float, seed: int) -> EncodedSplit:
-    """A seeded `fraction` of the train rows, in their original order (the label-scarce
-    regime: the sample follows the seed, pre-training may still see every row's fields)."""
-    count = labelled_count(len(train), fraction)
-    if count == len(train):
-        return train
-    rows = np.sort(np.random.default_rng([seed, 7177]).choice(len(train), count, replace=False))
-    return train.take(rows)
 
 
 def check_trainable(dataset: EncodedDataset) -> None:

@@ -12,8 +12,11 @@ self_balancing / proportional):
 - `rfd`, replaced field detection: the chosen fields take the value of another row of the batch
   (a draw from the field's empirical distribution) and one binary head per field says whether
   the value was replaced (cheap for huge vocabularies).
-The label is never an input or a target here, so pre-training can use rows whose labels are held
-back. `mask: oov` masks a field with its out-of-vocabulary token instead of the [MASK] vector:
+The label is never an input, and a target only with `label_target` (`pretrain.label_fraction`):
+then the backbone's own output layer predicts the label from the same corrupted fields for the
+rows whose label is known (NaN marks the held-back ones) and the balancer weighs that loss in
+the label slot like a field's; full transfer carries that output layer into the fine-tuning.
+So pre-training can use rows whose labels are held back. `mask: oov` masks a field with its out-of-vocabulary token instead of the [MASK] vector:
 the OOV row (a numeric field's missing-value vector) is then trained as "this field unknown, the
 others given" and transferred, where otherwise it stays at its initial value, never seen in
 training, and a cold user's unseen id reaches a body that never met it. A body without
@@ -52,7 +55,7 @@ class BackboneNet(nn.Module):
     def __init__(self, fields: list[FieldInfo], backbone: str, backbone_options: dict,
                  objective: str, heads: HeadOptions, balancer: BalancerOptions,
                  corruption: CorruptionOptions, input_scaling: bool = False,
-                 mask: str = "neutral") -> None:
+                 mask: str = "neutral", label_target: bool = False) -> None:
         super().__init__()
         self.fields = fields
         self.objective = objective
@@ -62,7 +65,8 @@ class BackboneNet(nn.Module):
                               "prediction (objective mfp); rfd replaces them")
         self.backbone = build_backbone(backbone, fields, backbone_options)
         self.heads = BackboneHeads(fields, self.backbone, heads, objective)
-        self.balancer = Balancer(balancer, len(fields) + 1)  # the label slot stays absent
+        self.label_target = label_target
+        self.balancer = Balancer(balancer, len(fields) + 1)  # the label slot: label_target
         self.corruption = Corruption(corruption, len(fields), {})
         self.input_scaling = input_scaling
         if input_scaling and self.balancer.log_difficulty is None:
@@ -96,9 +100,28 @@ class BackboneNet(nn.Module):
             field_losses = self.heads.reconstruct(hidden, batch, chosen)
         else:
             replaced, changed = replace_fields(batch, chosen, self.fields)
-            field_losses = self.heads.detect(self.backbone.represent(replaced), changed)
+            hidden = self.backbone.represent(replaced)
+            field_losses = self.heads.detect(hidden, changed)
+        if self.label_target:
+            field_losses = self.with_label_loss(field_losses, hidden, batch.label)
         loss, weights = self.balancer(field_losses.losses, field_losses.present)
         return loss, weights, field_losses
+
+    def with_label_loss(self, field_losses: FieldLosses, hidden: torch.Tensor,
+                        label: torch.Tensor) -> FieldLosses:
+        """The label slot filled with the output layer's BCE on the rows whose label is known."""
+        known = torch.isfinite(label)
+        if not known.any():
+            return field_losses
+        logits = self.backbone.score(hidden[known]).float()
+        target = label[known].float()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        with torch.no_grad():
+            hits = ((logits > 0) == (target > 0.5)).float().mean()
+        present = field_losses.present.clone()
+        present[-1] = True
+        return FieldLosses(torch.cat([field_losses.losses[:-1], loss.view(1)]),
+                           torch.cat([field_losses.accuracy[:-1], hits.view(1)]), present)
 
     def masked_hidden(self, batch: Batch, chosen: torch.Tensor) -> torch.Tensor:
         """[B, H] of the batch with the `chosen` fields [B, F] masked as `mask` says."""

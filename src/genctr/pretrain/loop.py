@@ -24,6 +24,7 @@ from torch import nn
 from genctr.config import DATA_RESUMABLE_KEYS, DataConfig, resolve_paths
 from genctr.data.batches import iterate_batches
 from genctr.data.encode import FeatureEncoder
+from genctr.data.labelled import labels_held_back
 from genctr.data.store import EncodedDataset
 from genctr.errors import DataError
 from genctr.files import load_tensors, read_jsonl, save_tensors_atomic
@@ -66,6 +67,12 @@ class PretrainOptions(Strict):
     embedding_l2: float = Field(0.0, ge=0, description="λ/2·‖field tables‖² per step, as "
                                 "`train.embedding_l2`: keeps the pre-trained tables at the scale "
                                 "a fine-tuning with embedding L2 holds them (0: none)")
+    label_fraction: float | None = Field(
+        None, gt=0, le=1, description="label-aware pre-training of a model backbone: the labels "
+        "of this seeded fraction of the train rows (the rows a fine-tuning with the same "
+        "train.label_fraction and seed trains on) are one more target, predicted from the "
+        "corrupted fields by the backbone's own output layer and weighed by the balancer like "
+        "a field; the other rows' labels are never read. Unset: no label is used")
     seed: int = 2024
     device: str = Field("auto", pattern=f"^({DEVICE_PATTERN})$", description=DEVICE_HELP)
     bf16: bool = False
@@ -100,10 +107,13 @@ def build_network(fields: list[FieldInfo], options: PretrainOptions) -> Generati
         if options.objective != "mfp":
             raise ConfigError("pretrain.objective rfd needs a model backbone as the denoiser "
                               "(pretrain.denoiser.backbone: dnn, dcnv2, ...)")
+        if options.label_fraction is not None:
+            raise ConfigError("pretrain.label_fraction is for model backbones; the transformer "
+                              "denoiser reads the label as a token of every row")
         return GenerativeNet(fields, denoiser, options.heads, options.balancer, options.corruption)
     return BackboneNet(fields, denoiser.backbone, denoiser.backbone_options, options.objective,
                        options.heads, options.balancer, options.corruption, denoiser.input_scaling,
-                       denoiser.mask)
+                       denoiser.mask, label_target=options.label_fraction is not None)
 
 
 # keys of a pre-training's config that may change when it is continued with --resume
@@ -162,6 +172,8 @@ def _pretrain_into(folder: Path, config: PretrainConfig, dataset: EncodedDataset
     guard = DivergenceGuard(state["first_loss"])
     history, step = state["history"], state["step"]
     train = dataset.splits["train"]
+    if options.label_fraction is not None:
+        train = labels_held_back(train, options.label_fraction, options.seed)
     for epoch in range(state["epoch"], options.epochs):
         net.train()
         sums = {"loss": np.zeros(len(names)), "accuracy": np.zeros(len(names)), "count": np.zeros(len(names))}
