@@ -586,7 +586,7 @@ def test_label_aware_backbone_pretraining_reads_only_the_labelled_fractions_labe
     """pretrain.label_fraction: the labels of the seeded fraction a fine-tuning with the same
     fraction and seed trains on are a target of the backbone's own output layer (weighed in the
     label slot), every other label is never read (flipping them changes nothing), and full
-    transfer carries the pre-trained output layer."""
+    transfer carries the pre-trained output layer, under the fine-tuning's own dropout."""
     from genctr.data.labelled import labelled_positions, labelled_rows, labels_held_back
     from genctr.data.store import EncodedDataset
     from genctr.models import build_model
@@ -605,8 +605,9 @@ def test_label_aware_backbone_pretraining_reads_only_the_labelled_fractions_labe
                              {**small_synthetic.splits, "train": EncodedSplit(
                                  train.tokens, train.values, train.lengths, flipped_label,
                                  train.group, train.segments)})
+    denoiser = {**BACKBONE, "backbone_options": {**BACKBONE["backbone_options"], "dropout": 0.1}}
     config = PretrainConfig(data=DATA, pretrain={
-        "epochs": 1, "batch_size": 256, "seed": 3, "label_fraction": 0.1, "denoiser": BACKBONE,
+        "epochs": 1, "batch_size": 256, "seed": 3, "label_fraction": 0.1, "denoiser": denoiser,
         "balancer": {"name": "self_balancing"}, "heads": {"sampled_above": 100}})
     runs = {}
     for name, dataset in (("as_is", small_synthetic), ("flipped", flipped)):
@@ -616,12 +617,18 @@ def test_label_aware_backbone_pretraining_reads_only_the_labelled_fractions_labe
     assert history[-1]["weight"]["label"] > 0
     for key, value in net.state_dict().items():
         assert torch.equal(value, runs["flipped"][1].state_dict()[key]), key
-    options = pretrained_model_options({"name": "dcnv2"}, folder)
+    # the fine-tuning may set its own dropout (it shapes no parameter), not from or to 0
+    options = pretrained_model_options({"name": "dcnv2", "dropout": 0.5}, folder)
+    assert options["dropout"] == 0.5 and options["hidden_units"] == [32]
+    with pytest.raises(ConfigError, match="not from or to 0"):
+        pretrained_model_options({"name": "dcnv2", "dropout": 0.0}, folder)
     model = build_model("dcnv2", field_infos(small_synthetic.encoder),
                         {k: v for k, v in options.items() if k != "name"})
     transfer_pretrained(model, folder, small_synthetic.encoder)
-    output = {k: v for k, v in net.backbone.state_dict().items() if k.startswith("head.")}
-    assert output and all(torch.equal(model.state_dict()[k], v) for k, v in output.items())
+    pre = net.backbone.state_dict()
+    assert all(torch.equal(value, pre[key]) for key, value in model.state_dict().items()
+               if "running" not in key and "num_batches" not in key)
+    assert any(key.startswith("head.") for key in pre)  # the output layer came along
     with pytest.raises(ConfigError, match="label_fraction is for model backbones"):
         build_network(field_infos(small_synthetic.encoder),
                       PretrainOptions.model_validate({"label_fraction": 0.1}))

@@ -22,6 +22,10 @@ from genctr.pretrain.loop import load_pretrained
 # curve) frozen tables won at 8k labelled rows and full transfer at 80k.
 AUTO_FROZEN_BELOW = 30_000
 
+# a backbone's options that shape no parameter: full transfer takes the fine-tuning's value
+# (small-data fine-tuning wants more dropout than pre-training had)
+FINE_TUNING_KEYS = {"dropout"}
+
 
 def resolve_transfer(transfer: str, labelled_rows: int) -> str:
     """The transfer mode a run uses: `auto` becomes frozen_embedding when labels are scarce,
@@ -36,8 +40,9 @@ def pretrained_model_options(model: dict[str, Any], folder: str | Path,
                              transfer: str = "full") -> dict[str, Any]:
     """The model block completed with the pre-trained architecture for full transfer: a
     `hetegen` model takes the transformer denoiser's options, the denoiser's own backbone its
-    backbone_options (a key the user set to something else is an error); any other model, or
-    `transfer: embedding`, is returned unchanged."""
+    backbone_options (a key the user set to something else is an error, except the
+    FINE_TUNING_KEYS, where the user's value wins); any other model, or `transfer: embedding`,
+    is returned unchanged."""
     config, _, _ = load_pretrained(folder)
     denoiser = config.pretrain.denoiser
     if model["name"] == HeteGen.name:
@@ -47,6 +52,12 @@ def pretrained_model_options(model: dict[str, Any], folder: str | Path,
         pretrained = HeteGenOptions.from_denoiser(denoiser)
     elif model["name"] == denoiser.backbone and transfer in ("full", "auto"):
         pretrained = dict(denoiser.backbone_options)
+        for key in FINE_TUNING_KEYS & pretrained.keys() & model.keys():
+            if (model[key] > 0) != (pretrained[key] > 0):  # a Dropout layer more or less
+                raise ConfigError(f"model.{key} is {model[key]!r} but the pre-training run {folder} "
+                                  f"used {pretrained[key]!r}: a {key} may change for fine-tuning "
+                                  "but not from or to 0 (that changes the layers)")
+            pretrained.pop(key)
     else:
         return model
     for key in pretrained:
