@@ -16,11 +16,11 @@ The label is never an input, and a target only with `label_target` (`pretrain.la
 then the backbone's own output layer predicts the label from the same corrupted fields for the
 rows whose label is known (NaN marks the held-back ones) and the balancer weighs that loss in
 the label slot like a field's; full transfer carries that output layer into the fine-tuning. So
-pre-training can use rows whose labels are held back. `mask: oov` masks a field with its out-of-
-vocabulary token instead of the [MASK] vector: the OOV row (a numeric field's missing-value
-vector) is then trained as "this field unknown, the others given" and transferred, where
-otherwise it stays at its initial value, never seen in training, and a cold user's unseen id
-reaches a body that never met it. A body without attention has no place for difficulty-guided
+pre-training can use rows whose labels are held back. `mask: oov` masks a field with its
+out-of-vocabulary token instead of the [MASK] vector: the OOV row (a numeric field's
+missing-value vector) is then trained as "this field unknown, the others given" and transferred,
+where otherwise it stays at its initial value, never seen in training, and a cold user's unseen
+id reaches a body that never met it. A body without attention has no place for difficulty-guided
 attention; as an ablation, `input_scaling` multiplies each field's input embedding by
 exp(−s_f/2) while pre-training, so a field the balancer finds hard (large s_f) enters the body
 with a smaller norm.
