@@ -6,14 +6,14 @@ on a 2-core machine; `apt-get install wrk`), on localhost only, bounded in time.
         [--results FILE]
 
 For each backend (torch; onnx: onnxruntime runs every forward, UTTSI's through the export with
-the drop input), inference (plain; uttsi@2.0), request size (1 and 64 rows) and client count
-(1, 8, 32): wrk sends POST /predict with bodies cut from the test split's raw rows (varied per request) for `--seconds`; one record per
-cell in benchmarks/results/serve.jsonl with requests/s, p50/p99 latency, errors (non-2xx and
-socket errors), the server's RSS before and after and its settings (micro-batch wait, forward
-threads, whether the garbage collector was frozen at start) and the collector's pauses during the
-cell, from the server's /metrics (count and seconds per generation). `--repeat N` measures each
-cell N times in a row, a record each (`repeat`: 1..N). Cells already recorded (N times) for this
-run, commit and settings are skipped (resumable).
+the drop input), inference (plain; uttsi@2.0), request size (1 and 64 rows) and client count (1,
+8, 32): wrk sends POST /predict with bodies cut from the test split's raw rows (varied per
+request) for `--seconds`; one record per cell in benchmarks/results/serve.jsonl with requests/s,
+p50/p99 latency, errors (non-2xx and socket errors), the server's RSS before and after and its
+settings (micro-batch wait, forward threads, whether the garbage collector was frozen at start)
+and the collector's pauses during the cell, from the server's /metrics (count and seconds per
+generation). `--repeat N` measures each cell N times in a row, a record each (`repeat`: 1..N).
+Cells already recorded (N times) for this run, commit and settings are skipped (resumable).
 The server runs as its own process (`genctr serve`), started once per backend.
 """
 
