@@ -49,6 +49,13 @@ def test_report_renders_serve_and_scale_records(tmp_path):
                 "disk_mb": 150.0, "largest_vocab": 123_456, "train_rows_per_s": speed,
                 "train_peak_rss_mb": 2000.0, "train_peak_anon_mb": 1500.0, "test_auc": 0.74,
                 "command": "benchmarks/scale.py", **common})
+    append_jsonl(results / "scale.jsonl", {  # a later size on newer code: no ratio to older runs
+        "task": "scale", "tool": "genctr", "format": "csv", "rows": 20_000_000, "fields": 39,
+        "model": "dnn", "encode_seconds": 100.0, "encode_rows_per_s": 2e5,
+        "encode_peak_rss_mb": 900.0, "encode_peak_anon_mb": 800.0, "disk_mb": 150.0,
+        "largest_vocab": 123_456, "train_rows_per_s": 15_000.0, "train_peak_rss_mb": 2000.0,
+        "train_peak_anon_mb": 1500.0, "test_auc": 0.75, "command": "benchmarks/scale.py",
+        "commit": "def", "machine": "test machine"})
     append_jsonl(results / "serve.jsonl", {
         "task": "serve", "tool": "genctr", "model": "dcnv2", "backend": "torch",
         "inference": "plain", "rows_per_request": 1, "clients": 8, "requests_per_s": 900.0,
@@ -73,6 +80,8 @@ def test_report_renders_serve_and_scale_records(tmp_path):
     assert "| genctr | csv | 5,000,000 | dnn | 50.0 |" in text and "`abc` |" in text
     assert "| 0.93 |" in text  # 28k over 30k rows/s at the smallest size
     assert "3.0x" in text  # FuxiCTR's encode seconds over genctr's
+    # its own commit's smallest size is itself, and FuxiCTR ran at another commit: no ratios
+    assert "| 15,000 | 1.00 | 2,000 (1,500) | 0.7500 |  | `def` |" in text
     assert (tmp_path / "plots" / "scale.png").is_file()
     # a record from before the settings were recorded: the server's defaults then
     assert "| dcnv2 | torch | plain | 2 | default |  | 1 | 8 | 900 | 900 | 8.00 | 20.00 |  | 0 | 500 → 510 |" in text

@@ -63,7 +63,7 @@ def plot_gain_vs_cost(gains: dict[str, list[tuple[float, float, str]]], path: st
 
 
 def plot_scale(series: dict[str, list[tuple[int, float, float]]], path: str | Path, title: str) -> Path:
-    """Per series (tool, format, model): encode seconds (left) and training rows/s (right)
+    """Per series (tool, format, model, commit): encode seconds (left) and training rows/s (right)
     against the number of rows, both axes logarithmic on the left."""
     fig, (ax_encode, ax_train) = plt.subplots(1, 2, figsize=(10, 3.8))
     for label, points in series.items():

@@ -134,17 +134,19 @@ def serve_section(records: list[dict]) -> str:
 
 def scale_section(records: list[dict], plots_dir: Path) -> str:
     """Encoding and one training epoch from 1M rows up (benchmarks/scale.py): the newest
-    record of each cell (sizes may be measured in different sessions; each row names its commit)."""
+    record of each cell per commit (sizes may be measured in different sessions). Ratios
+    compare records of one commit only, so that a size measured later, on newer code, is never
+    divided by an older run's number."""
     if not records:
         return ""
-    latest = {(r["tool"], r["format"], r["rows"], r["model"]): r for r in records}
+    latest = {(r["tool"], r["format"], r["rows"], r["model"], r["commit"]): r for r in records}
     records = list(latest.values())
     smallest = {}
     for r in records:
-        key = (r["tool"], r["format"], r["model"])
+        key = (r["tool"], r["format"], r["model"], r["commit"])
         if key not in smallest or r["rows"] < smallest[key]["rows"]:
             smallest[key] = r
-    fuxictr = {(r["rows"], r["model"]): r for r in records if r["tool"] == "fuxictr"}
+    fuxictr = {(r["rows"], r["model"], r["commit"]): r for r in records if r["tool"] == "fuxictr"}
     lines = ["## Scale: out-of-core encoding and training on Criteo-shaped data",
              "",
              "Command: `.venv/bin/python benchmarks/scale.py` (resumable; each row names the "
@@ -154,17 +156,17 @@ def scale_section(records: list[dict], plots_dir: Path) -> str:
              "`sparse_embeddings`; one epoch, batch 4096. Peak RSS is of the process tree "
              "(VmRSS; in brackets RssAnon, without the page cache that memory-mapped columns "
              "bring into it). `vs smallest`: training rows/s over the same tool's rows/s at its "
-             "smallest size; `encode vs FuxiCTR`: FuxiCTR's encode seconds over genctr's on the "
-             "same CSV rows.",
+             "smallest size measured at the same commit; `encode vs FuxiCTR`: FuxiCTR's encode "
+             "seconds over genctr's on the same CSV rows in the same run (same commit).",
              "",
              "| tool | format | rows | model | encode s | encode rows/s | encode peak MB | "
              "disk MB | largest vocab | train rows/s | vs smallest | train peak MB | test AUC | "
              "encode vs FuxiCTR | commit |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     series: dict[str, list[tuple[int, float, float]]] = {}
-    for r in sorted(records, key=lambda r: (r["tool"], r["format"], r["model"], r["rows"])):
-        base = smallest[(r["tool"], r["format"], r["model"])]
-        peer = fuxictr.get((r["rows"], r["model"]))
+    for r in sorted(records, key=lambda r: (r["tool"], r["format"], r["model"], r["commit"], r["rows"])):
+        base = smallest[(r["tool"], r["format"], r["model"], r["commit"])]
+        peer = fuxictr.get((r["rows"], r["model"], r["commit"]))
         versus = (f"{peer['encode_seconds'] / r['encode_seconds']:.1f}x"
                   if peer and r["tool"] == "genctr" and r["format"] == "csv" else "")
         vocab = f"{r['largest_vocab']:,}" if r.get("largest_vocab") else ""
@@ -175,7 +177,7 @@ def scale_section(records: list[dict], plots_dir: Path) -> str:
             f"{r['train_rows_per_s'] / base['train_rows_per_s']:.2f} | "
             f"{r['train_peak_rss_mb']:,.0f} ({r['train_peak_anon_mb']:,.0f}) | {r['test_auc']:.4f} | "
             f"{versus} | `{r['commit'][:7]}` |")
-        series.setdefault(f"{r['tool']} {r['format']} {r['model']}", []).append(
+        series.setdefault(f"{r['tool']} {r['format']} {r['model']} @{r['commit'][:7]}", []).append(
             (r["rows"], r["encode_seconds"], r["train_rows_per_s"]))
     plots_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_scale(series, plots_dir / "scale.png", "encoding time")
