@@ -26,9 +26,11 @@ def labelled_positions(rows: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def labelled_rows(train: EncodedSplit, fraction: float, seed: int) -> EncodedSplit:
-    """The labelled rows, in their original order (what a label-scarce fine-tuning trains on)."""
-    positions = labelled_positions(len(train), fraction, seed)
-    return train if len(positions) == len(train) else train.take(positions)
+    """The labelled rows, in their original order (what a label-scarce fine-tuning trains on).
+    Every training passes here: with all rows labelled (the default) nothing is allocated."""
+    if labelled_count(len(train), fraction) == len(train):
+        return train
+    return train.take(labelled_positions(len(train), fraction, seed))
 
 
 def labels_held_back(train: EncodedSplit, fraction: float, seed: int) -> EncodedSplit:
