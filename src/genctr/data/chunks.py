@@ -58,7 +58,10 @@ def iter_chunks(path: Path, chunk_rows: int, separator: str = ",") -> Iterator[p
 
 def _arrow_batches(path: Path, chunk_rows: int, separator: str) -> Iterator[pa.RecordBatch]:
     if is_parquet(path):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
+        # pre_buffer (pyarrow's default) keeps every column chunk read so far until the reader
+        # closes: 1 GB after 20M rows. Without it memory follows the chunk, and reading is faster.
+        with pq.ParquetFile(path, pre_buffer=False) as reader:
+            yield from reader.iter_batches(batch_size=chunk_rows)
         return
     check_header(path, separator)
     with path.open("r", newline="", errors="replace") as handle:
