@@ -176,6 +176,25 @@ def test_few_rows_take_the_dict_lookup_and_encode_exactly_like_many(monkeypatch)
     assert not any(k.startswith("_") for k in vars(encoder.states["user_id"]))  # the cache is apart
 
 
+@pytest.mark.parametrize("vocab", [["a", "bb", "ccc"], ["a", "b", "cc"]])
+def test_hashed_lookup_is_exact_when_hashes_collide(monkeypatch, vocab):
+    """Many rows look values up by hash; a value whose hash matches a vocabulary value's but not
+    its text is OOV, and a vocabulary with two values of one hash takes polars' exact map."""
+    import polars as pl
+
+    import genctr.data.encode as encode
+
+    # the string's length as its hash: "zz" hashes like "bb", "q" like "a"; ["a", "b", "cc"] collides
+    monkeypatch.setattr(encode, "hash_strings",
+                        lambda v: v.cast(pl.String).str.len_bytes().cast(pl.UInt64).to_numpy())
+    state = encode.FieldState(vocab=pl.Series("value", vocab))
+    values = ["a", "bb", "zz", "ccc", "q", "", "b", "cc"] * 200  # more than SMALL_LOOKUP
+    expected = {v: encode.FIRST_VALUE + i for i, v in enumerate(vocab)}
+    tokens = encode._lookup(pl.Series(values), state)
+    np.testing.assert_array_equal(tokens, [expected.get(v, OOV) for v in values])
+    assert (encode._hash_index(state.vocab) is None) == (vocab == ["a", "b", "cc"])
+
+
 def _same_columns(fast, full) -> None:
     for part in ("tokens", "values", "lengths", "segments"):
         assert getattr(fast, part).keys() == getattr(full, part).keys(), part

@@ -295,9 +295,11 @@ def vocab_state(counted: pl.DataFrame, spec: FieldSpec) -> FieldState:
 SMALL_LOOKUP = 1024  # rows up to which a Python dict beats polars' replace_strict (serving)
 # vocabulary id -> (that vocabulary, value -> token id); beside the states, never saved with them
 _VOCAB_INDEXES: dict[int, tuple[pl.Series, dict]] = {}
-# vocabulary id -> (that vocabulary, its token ids): building the ids of millions of values on
-# every chunk of a streamed encode would cost time per chunk
-_VOCAB_IDS: dict[int, tuple[pl.Series, pl.Series]] = {}
+# vocabulary id -> (that vocabulary, its values' hashes sorted, their token ids in that order),
+# or None when two values share a hash: built once, where polars' replace_strict would rebuild
+# its map over millions of values on every chunk of a streamed encode (0.7 s per chunk and field
+# at 3M values; a sorted-hash search takes 0.15 s)
+_VOCAB_HASHES: dict[int, tuple[pl.Series, tuple[np.ndarray, np.ndarray] | None]] = {}
 
 
 def _vocab(state: FieldState) -> pl.Series:
@@ -316,16 +318,40 @@ def vocab_index(state: FieldState) -> dict:
 
 def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
     """Token ids of the values (OOV for unseen ones). A few rows (a served request) go through
-    a cached dict; many through polars, which would rebuild its mapping per call."""
+    a cached dict; many through a search in the vocabulary's sorted hashes, each hit confirmed
+    by comparing the strings (exact: a value whose hash matches another's stays OOV)."""
     if len(values) <= SMALL_LOOKUP:
         index = vocab_index(state)
         return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
     vocab = _vocab(state)
-    cached = _VOCAB_IDS.get(id(vocab))
-    if cached is None or cached[0] is not vocab:
+    hashed = _hash_index(vocab) if len(vocab) else None
+    if hashed is None:
         ids = pl.Series(np.arange(FIRST_VALUE, FIRST_VALUE + len(vocab), dtype=np.int32))
-        cached = _VOCAB_IDS[id(vocab)] = (vocab, ids)
-    return values.replace_strict(vocab, cached[1], default=OOV, return_dtype=pl.Int32).to_numpy()
+        return values.replace_strict(vocab, ids, default=OOV, return_dtype=pl.Int32).to_numpy()
+    sorted_hashes, token_ids = hashed
+    hashes = hash_strings(values)
+    at = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
+    tokens = token_ids[at]
+    found = sorted_hashes[at] == hashes
+    found &= (vocab.gather(tokens - FIRST_VALUE) == values.cast(pl.String)).fill_null(False).to_numpy()
+    return np.where(found, tokens, OOV).astype(np.int32)
+
+
+def hash_strings(values: pl.Series) -> np.ndarray:
+    """uint64 hashes, the same for the same string within this process (never stored)."""
+    return values.cast(pl.String).hash().to_numpy()
+
+
+def _hash_index(vocab: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the vocabulary's hashes sorted, the token id of each), None if two values share one."""
+    cached = _VOCAB_HASHES.get(id(vocab))
+    if cached is None or cached[0] is not vocab:
+        hashes = hash_strings(vocab)
+        order = np.argsort(hashes).astype(np.int32)
+        ordered = hashes[order]
+        index = None if np.any(ordered[1:] == ordered[:-1]) else (ordered, order + FIRST_VALUE)
+        cached = _VOCAB_HASHES[id(vocab)] = (vocab, index)
+    return cached[1]
 
 
 def _encode_lists(lists: pl.Series, spec: FieldSpec, state: FieldState) -> tuple[np.ndarray, np.ndarray]:
