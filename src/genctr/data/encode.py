@@ -342,6 +342,11 @@ def hash_strings(values: pl.Series) -> np.ndarray:
     return values.cast(pl.String).hash().to_numpy()
 
 
+def forget_hash_indexes() -> None:
+    """Free the cached hash indexes (12 bytes per vocabulary value) once a dataset is encoded."""
+    _VOCAB_HASHES.clear()
+
+
 def _hash_index(vocab: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
     """(the vocabulary's hashes sorted, the token id of each), None if two values share one."""
     cached = _VOCAB_HASHES.get(id(vocab))

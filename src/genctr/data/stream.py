@@ -19,8 +19,8 @@ from typing import BinaryIO, Callable, Iterator
 import numpy as np
 import polars as pl
 
-from genctr.data.encode import (FeatureEncoder, FieldState, bin_tokens, code_strings, count_values,
-                                field_column, field_values, log_square_codes, parse_numeric,
+from genctr.data.encode import (FeatureEncoder, FieldState, code_strings, count_values, field_column,
+                                field_values, forget_hash_indexes, log_square_codes, parse_numeric,
                                 transformed, vocab_state)
 from genctr.data.raw import RawDataset
 from genctr.errors import DataError
@@ -154,10 +154,13 @@ def encode_streaming(schema: Schema, splits: dict[str, tuple[Chunks, int]], fold
                         "numeric fields, whose train counts are known only after encoding; "
                         "stream: false encodes them in memory")
     encoder = fit_streaming(schema, *splits["train"])
-    for name, (chunks, rows) in splits.items():  # binned fields' counts: from the train rows
-        bin_counts = _write_split(encoder, chunks, rows, folder / name, binned if name == "train" else [])
-        for field_name, counts in bin_counts.items():
-            encoder.states[field_name].counts = counts.astype(np.int64)
+    try:
+        for name, (chunks, rows) in splits.items():  # binned fields' counts: from the train rows
+            bin_counts = _write_split(encoder, chunks, rows, folder / name, binned if name == "train" else [])
+            for field_name, counts in bin_counts.items():
+                encoder.states[field_name].counts = counts.astype(np.int64)
+    finally:  # training, in the same process next, never looks up strings
+        forget_hash_indexes()
     return encoder
 
 
