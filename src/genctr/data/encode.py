@@ -292,7 +292,7 @@ def vocab_state(counted: pl.DataFrame, spec: FieldSpec) -> FieldState:
     return FieldState(vocab=kept["value"].cast(pl.String).rename("value"), counts=counts)
 
 
-SMALL_LOOKUP = 1024  # rows up to which a Python dict beats polars' replace_strict (serving)
+SMALL_LOOKUP = 1024  # rows up to which a Python dict beats the hashed search (serving)
 # vocabulary id -> (that vocabulary, value -> token id); beside the states, never saved with them
 _VOCAB_INDEXES: dict[int, tuple[pl.Series, dict]] = {}
 # vocabulary id -> (that vocabulary, its values' hashes sorted, their token ids in that order),
