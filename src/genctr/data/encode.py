@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import polars as pl
@@ -293,12 +293,12 @@ def vocab_state(counted: pl.DataFrame, spec: FieldSpec) -> FieldState:
 
 
 SMALL_LOOKUP = 1024  # rows up to which a Python dict beats the hashed search (serving)
-# vocabulary id -> (that vocabulary, value -> token id); beside the states, never saved with them
+# vocabulary id -> (that vocabulary, what was built from it); beside the states, never saved
+# with them. Indexes: value -> token id (a request's few rows). Hashes: the values' hashes
+# sorted and the position of each, or None when two values share a hash; polars' replace_strict
+# would rebuild its map over millions of values on every chunk of a streamed encode (0.7 s per
+# chunk and field at 3M values; a sorted-hash search takes 0.15 s)
 _VOCAB_INDEXES: dict[int, tuple[pl.Series, dict]] = {}
-# vocabulary id -> (that vocabulary, its values' hashes sorted, their token ids in that order),
-# or None when two values share a hash: built once, where polars' replace_strict would rebuild
-# its map over millions of values on every chunk of a streamed encode (0.7 s per chunk and field
-# at 3M values; a sorted-hash search takes 0.15 s)
 _VOCAB_HASHES: dict[int, tuple[pl.Series, tuple[np.ndarray, np.ndarray] | None]] = {}
 
 
@@ -306,14 +306,18 @@ def _vocab(state: FieldState) -> pl.Series:
     return state.vocab if state.vocab is not None else pl.Series("value", [], dtype=pl.String)
 
 
+def _built_once(cache: dict, vocab: pl.Series, build: Callable[[pl.Series], Any]) -> Any:
+    """build(vocab), kept in `cache` while this very vocabulary object is the one asked for."""
+    cached = cache.get(id(vocab))
+    if cached is None or cached[0] is not vocab:
+        cached = cache[id(vocab)] = (vocab, build(vocab))
+    return cached[1]
+
+
 def vocab_index(state: FieldState) -> dict:
     """value -> token id, built once per vocabulary (a request's few rows look values up here)."""
-    vocab = _vocab(state)
-    cached = _VOCAB_INDEXES.get(id(vocab))
-    if cached is None or cached[0] is not vocab:
-        index = {v: FIRST_VALUE + i for i, v in enumerate(vocab.to_list())}
-        cached = _VOCAB_INDEXES[id(vocab)] = (vocab, index)
-    return cached[1]
+    return _built_once(_VOCAB_INDEXES, _vocab(state),
+                       lambda vocab: {v: FIRST_VALUE + i for i, v in enumerate(vocab.to_list())})
 
 
 def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
@@ -324,17 +328,17 @@ def _lookup(values: pl.Series, state: FieldState) -> np.ndarray:
         index = vocab_index(state)
         return np.fromiter((index.get(v, OOV) for v in values.to_list()), dtype=np.int32, count=len(values))
     vocab = _vocab(state)
-    hashed = _hash_index(vocab) if len(vocab) else None
+    hashed = _built_once(_VOCAB_HASHES, vocab, _hash_index) if len(vocab) else None
     if hashed is None:
         ids = pl.Series(np.arange(FIRST_VALUE, FIRST_VALUE + len(vocab), dtype=np.int32))
         return values.replace_strict(vocab, ids, default=OOV, return_dtype=pl.Int32).to_numpy()
-    sorted_hashes, token_ids = hashed
+    sorted_hashes, positions = hashed
     hashes = hash_strings(values)
     at = np.minimum(np.searchsorted(sorted_hashes, hashes), len(sorted_hashes) - 1)
-    tokens = token_ids[at]
+    position = positions[at]
     found = sorted_hashes[at] == hashes
-    found &= (vocab.gather(tokens - FIRST_VALUE) == values.cast(pl.String)).fill_null(False).to_numpy()
-    return np.where(found, tokens, OOV).astype(np.int32)
+    found &= (vocab.gather(position) == values.cast(pl.String)).fill_null(False).to_numpy()
+    return np.where(found, position + FIRST_VALUE, OOV).astype(np.int32)
 
 
 def hash_strings(values: pl.Series) -> np.ndarray:
@@ -348,15 +352,11 @@ def forget_hash_indexes() -> None:
 
 
 def _hash_index(vocab: pl.Series) -> tuple[np.ndarray, np.ndarray] | None:
-    """(the vocabulary's hashes sorted, the token id of each), None if two values share one."""
-    cached = _VOCAB_HASHES.get(id(vocab))
-    if cached is None or cached[0] is not vocab:
-        hashes = hash_strings(vocab)
-        order = np.argsort(hashes).astype(np.int32)
-        ordered = hashes[order]
-        index = None if np.any(ordered[1:] == ordered[:-1]) else (ordered, order + FIRST_VALUE)
-        cached = _VOCAB_HASHES[id(vocab)] = (vocab, index)
-    return cached[1]
+    """(the vocabulary's hashes sorted, the position of each), None if two values share one."""
+    hashes = hash_strings(vocab)
+    order = np.argsort(hashes).astype(np.int32)
+    ordered = hashes[order]
+    return None if np.any(ordered[1:] == ordered[:-1]) else (ordered, order)
 
 
 def _encode_lists(lists: pl.Series, spec: FieldSpec, state: FieldState) -> tuple[np.ndarray, np.ndarray]:
