@@ -17,6 +17,7 @@ def scale(monkeypatch):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "CHUNK", 1000)  # several chunks per split
+    monkeypatch.setitem(module.GENCTR_TRAIN, "shuffle_block_rows", 1000)  # several blocks
     return module
 
 
