@@ -283,7 +283,7 @@ def main() -> None:
                     "train_peak_anon_mb": round(train["peak_anon_mb"], 1),
                     "test_auc": train["test_auc"],
                     "config": {"model": MODELS[model],
-                               "train": TRAIN | GENCTR_TRAIN if tool == "genctr" else TRAIN},
+                               "train": (TRAIN | GENCTR_TRAIN) if tool == "genctr" else TRAIN},
                     "command": command_line, "commit": commit, "machine": host,
                     "finished_at": now_iso()}
                 append_jsonl(RESULTS, record)
