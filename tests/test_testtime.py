@@ -105,6 +105,28 @@ def test_an_orders_keys_hashed_at_once_equal_one_hash_per_combination(small_synt
     assert keys[3].shape == (len(small_synthetic.splits["test"]), 1)
 
 
+@pytest.mark.parametrize("table_tokens", [1 << 20, 100])  # every single-valued field, or a few
+def test_order1_frequencies_from_the_token_table_equal_the_hashed_estimates(
+        small_synthetic, monkeypatch, table_tokens):
+    import genctr.testtime.index as index_module
+
+    monkeypatch.setattr(index_module, "TOKEN_TABLE_TOKENS", table_tokens)
+    infos = field_infos(small_synthetic.encoder)
+    train, test = small_synthetic.splits["train"], small_synthetic.splits["test"]
+    options = IndexOptions(width=2 ** 8, heavy_hitters=50)  # overflowing: sketch estimates too
+    index = FrequencyIndex.build(train, infos, options)
+    tokens = tokens_of(test, fields=index.names)
+    hashed = index.count(1, index.keys_of(tokens)[1].ravel())[1].reshape(len(test), -1)
+    np.testing.assert_array_equal(index.frequencies(tokens)[1], hashed)
+    tabled, _, _, rest = index._order1_table()
+    assert index.names.index("tags") in rest  # a list field's value is a hashed set: no table
+    assert (len(tabled) == len(index.names) - 1) == (table_tokens > 1000)
+    other = FrequencyIndex.build(test, infos, options)  # a merge changes the counts: table rebuilt
+    index.merge(other)
+    hashed = index.count(1, index.keys_of(tokens)[1].ravel())[1].reshape(len(test), -1)
+    np.testing.assert_array_equal(index.frequencies(tokens)[1], hashed)
+
+
 def test_index_save_and_load_give_the_same_frequencies(small_synthetic, tmp_path):
     infos = field_infos(small_synthetic.encoder)
     index = FrequencyIndex.build(small_synthetic.splits["train"], infos, IndexOptions(order3="all"))
@@ -211,6 +233,25 @@ def test_uttsi_cost_on_valid_stays_within_the_budget(small_synthetic, trained, b
                                 splits=("valid",), measure_latency=False)
     assert result["valid"]["avg_cost"] <= budget * 1.05
     assert result["valid"]["avg_cost"] > 1 + 0.5 * (budget - 1)  # the budget is actually spent
+
+
+def test_uttsi_consistency_aggregate_weighs_paths_by_distance_from_the_lower_median():
+    from genctr.testtime.uttsi import UTTSI
+
+    rng = np.random.default_rng(0)
+    paths = rng.integers(1, 9, size=50)  # extra paths per explored instance
+    path_of, member = np.nonzero(np.arange(paths.max())[:, None] < paths[None, :])
+    first = rng.random(50).astype(np.float32)
+    sampled = rng.random(len(path_of)).astype(np.float32)
+    strategy = UTTSI.__new__(UTTSI)
+    strategy.options = InferenceOptions(strategy="uttsi", mix=0.7, consistency_temperature=0.05)
+    got = strategy._aggregate(first, sampled, path_of, member, paths)
+    for i in range(50):  # per instance, in plain Python: its 1 + K values
+        values = sorted([float(first[i]), *sampled[member == i].tolist()])
+        median = values[(len(values) - 1) // 2]  # the lower middle one, as torch.nanmedian
+        weights = [math.exp(-abs(v - median) / 0.05) for v in values]
+        aggregate = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+        assert got[i] == pytest.approx(0.7 * aggregate + 0.3 * float(first[i]), abs=1e-6)
 
 
 def test_uttsi_threshold_fit_and_paths_grow_with_uncertainty():

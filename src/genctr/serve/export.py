@@ -140,6 +140,8 @@ class OnnxScorer:
         self.session = onnxruntime.InferenceSession(str(path), options,
                                                     providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
+        # (input, "tokens" | "values" | "drop", field) once: a served batch's feed is built per call
+        self.plan = [(name, *name.partition(".")[::2]) for name in self.inputs]
         self.output = self.session.get_outputs()[0].name
         drop = [i for i in self.session.get_inputs() if i.name == "drop"]
         self.fields = int(drop[0].shape[1]) if drop else None
@@ -147,12 +149,14 @@ class OnnxScorer:
     def _feed(self, tokens: dict, values: dict, drop: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The session's inputs from columns (numpy arrays or CPU tensors), the drop mask last."""
         feed = {}
-        for name in self.inputs:
-            kind, _, field = name.partition(".")
+        for name, kind, field in self.plan:
             if name == "drop":
                 feed[name] = drop
-            else:
-                feed[name] = np.ascontiguousarray(tokens[field] if kind == "tokens" else values[field])
+                continue
+            column = tokens[field] if kind == "tokens" else values[field]
+            if isinstance(column, torch.Tensor):  # a view, without numpy's slower __array__ path
+                column = column.numpy()
+            feed[name] = np.ascontiguousarray(column)
         return feed
 
     def __call__(self, split: EncodedSplit) -> np.ndarray:

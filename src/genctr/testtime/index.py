@@ -28,6 +28,7 @@ from genctr.testtime.sketch import FrequencyCounter, combine
 INDEX_FILE = "frequency_index.npz"
 INDEX_FORMAT = 2  # 2: heavy hitters kept out of the sketch; files of another format are rebuilt
 QUANTILES = np.linspace(0, 1, 101)
+TOKEN_TABLE_TOKENS = 1 << 20  # order-1 estimates tabulated per token, smallest fields first (8 MB)
 
 
 class IndexOptions(Strict):
@@ -99,12 +100,16 @@ class FrequencyIndex:
     # ------------------------------------------------------------------ building
     def keys_of(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> uint64 [N, C] keys of every combination of that order."""
-        values = np.stack([field_value_column(tokens[name]) for name in self.names], axis=1)
+        values = self._value_columns(tokens)
         keys = {}
         for order, (ids, columns) in self._combination_layout().items():
             # all combinations of an order at once: member j of each in column j
             keys[order] = combine(ids, [values[:, column] for column in columns])
         return keys
+
+    def _value_columns(self, tokens: Tokens) -> np.ndarray:
+        """int64 [N, C1]: each indexed field's value (token, or a list field's hashed set)."""
+        return np.stack([field_value_column(tokens[name]) for name in self.names], axis=1)
 
     def _combination_layout(self) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
         """order -> (combination ids [C], for each member j the indexed-field column of every
@@ -161,6 +166,7 @@ class FrequencyIndex:
         for order, counter in self.counters.items():
             counter.merge(other.counters[order])
         self.rows += other.rows
+        self.__dict__.pop("_order1", None)  # the counts changed
         self.sample_keys = {order: np.concatenate([keys, other.sample_keys[order]])
                             for order, keys in self.sample_keys.items()}
         self.sample_weights = np.concatenate([self.sample_weights, other.sample_weights])
@@ -175,12 +181,49 @@ class FrequencyIndex:
 
     def frequencies(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> float64 [N, C]: estimated training count of each row's combinations
-        (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3)."""
+        (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3).
+        Order 1 of a single-valued field is read from a per-token table (`_order1_table`):
+        the same estimates, without a hash and eight scattered sketch reads per value."""
+        values = self._value_columns(tokens)
         out = {}
-        for order, keys in self.keys_of(tokens).items():
+        for order, (ids, columns) in self._combination_layout().items():
+            if order == 1 and self.rows:
+                out[1] = self._order1_counts(values, ids)
+                continue
+            keys = combine(ids, [values[:, column] for column in columns])
             _, estimate, _ = self.count(order, keys.ravel())
             out[order] = estimate.reshape(keys.shape).astype(np.float64)
         return out
+
+    def _order1_counts(self, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """float64 [N, C1]: order-1 estimates, from the per-token table where it has the field."""
+        tabled, offsets, table, hashed = self._order1_table()
+        counts = np.empty(values.shape, dtype=np.float64)
+        counts[:, tabled] = table[values[:, tabled] + offsets]
+        for c in hashed:
+            counts[:, c] = self.count(1, combine(ids[c], [values[:, c]]))[1]
+        return counts
+
+    def _order1_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+        """(indexed-field columns tabulated [T], their offsets [T], float64 estimates of every
+        token of those fields, concatenated, the other columns): single-valued fields, smallest
+        first, up to TOKEN_TABLE_TOKENS tokens in all; estimated once from the counters (a merge
+        drops it)."""
+        if "_order1" not in self.__dict__:
+            tabled, total = [], 0
+            for c in sorted(range(len(self.fields)), key=lambda c: self.fields[c].vocab_size):
+                spec = self.fields[c]
+                if not spec.is_list and total + spec.vocab_size <= TOKEN_TABLE_TOKENS:
+                    tabled.append(c)
+                    total += spec.vocab_size
+            sizes = [self.fields[c].vocab_size for c in tabled]
+            parts = [self.count(1, combine(self._combo_id(1, c), [np.arange(size)]))[1]
+                     for c, size in zip(tabled, sizes)]
+            self._order1 = (np.array(tabled, dtype=np.int64),
+                            np.cumsum([0, *sizes])[:-1].astype(np.int64),
+                            np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
+                            [c for c in range(len(self.fields)) if c not in tabled])
+        return self._order1
 
     def field_positions(self) -> np.ndarray:
         """int [C1]: the position of each indexed field among all the model's fields."""

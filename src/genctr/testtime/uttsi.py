@@ -30,8 +30,12 @@ from genctr.testtime.paths import sample_confidence_paths, tile_batch
 
 def uncertainty(logits: torch.Tensor, conf: Confidence) -> np.ndarray:
     """Data scarcity per instance: (1 − model confidence)·(1 − frequency prior)."""
-    model_confidence = (2 * torch.sigmoid(logits) - 1).abs().numpy()
-    return (1 - model_confidence) * (1 - conf.prior)
+    return scarcity(torch.sigmoid(logits).numpy(), conf)
+
+
+def scarcity(prob: np.ndarray, conf: Confidence) -> np.ndarray:
+    """uncertainty() from the probabilities σ(logits) [N] (float32, as torch computes them)."""
+    return (1 - np.abs(2 * prob - 1)) * (1 - conf.prior)
 
 
 class UTTSI(Inference):
@@ -59,38 +63,47 @@ class UTTSI(Inference):
     def predict(self, model, batch):
         conf = self.confidence(batch)
         base = self.filtered(conf)
-        logits = self.logits(model, batch, base)
-        first = torch.sigmoid(logits)
-        paths = self.budget.allocate(uncertainty(logits, conf))
-        prob = first.clone()
+        first = torch.sigmoid(self.logits(model, batch, base)).numpy()
+        paths = self.budget.allocate(scarcity(first, conf))
+        prob = first.copy()
         explored = np.flatnonzero(paths)
         if len(explored):
             prob[explored] = self._explore(model, batch, conf, base, first, explored, paths[explored])
-        return prob.numpy(), 1.0 + paths
+        return prob, 1.0 + paths
 
-    def _explore(self, model, batch, conf, base, first, explored, paths) -> torch.Tensor:
+    def _explore(self, model, batch, conf, base, first, explored, paths) -> np.ndarray:
         """Aggregated probabilities of the explored instances (their K paths + the filtered one)."""
         most = int(paths.max())
-        used = torch.from_numpy(np.arange(most)[:, None] < paths[None, :])  # [most, n]
-        path_of, member = used.nonzero(as_tuple=True)
-        rows = torch.from_numpy(explored)[member]
+        path_of, member = np.nonzero(np.arange(most)[:, None] < paths[None, :])  # path-major
         if self.imputer is not None:
             path_batch, path_drop = self._imputed_paths(batch.take(torch.from_numpy(explored)),
                                                         base[explored], most, model)
-            flat = path_of * len(explored) + member  # path-major, as tile_batch lays them out
+            flat = torch.from_numpy(path_of * len(explored) + member)  # as tile_batch lays them out
             logits = self.logits(model, path_batch.take(flat), path_drop[flat])
         else:
             drops = sample_confidence_paths(conf.take(explored), self.index, most, self.generator,
                                             base_drop=base[explored])  # [most, n, F]
-            logits = self.logits(model, batch.take(rows), drops[path_of, member])
-        table = torch.full((len(explored), most + 1), float("nan"))
-        table[:, 0] = first[explored]
-        table[member, path_of + 1] = torch.sigmoid(logits)
-        median = table.nanmedian(dim=1, keepdim=True).values
-        weights = torch.exp(-(table - median).abs() / self.options.consistency_temperature)
-        weights = torch.nan_to_num(weights, nan=0.0)
-        aggregate = (weights * torch.nan_to_num(table)).sum(1) / weights.sum(1)
-        return self.options.mix * aggregate + (1 - self.options.mix) * first[explored]
+            logits = self.logits(model, batch.take(torch.from_numpy(explored[member])),
+                                 drops[torch.from_numpy(path_of), torch.from_numpy(member)])
+        return self._aggregate(first[explored], torch.sigmoid(logits).numpy(), path_of, member, paths)
+
+    def _aggregate(self, first: np.ndarray, sampled: np.ndarray, path_of: np.ndarray,
+                   member: np.ndarray, paths: np.ndarray) -> np.ndarray:
+        """Consistency aggregation of each explored instance's filtered probability `first` [n]
+        and its paths' `sampled` [P] (path path_of[i] of instance member[i]; `paths` [n] each):
+        weight exp(-|p - median p| / temperature), the median the lower middle one of the
+        instance's 1 + K values. In numpy: for a served micro-batch's few rows each torch op
+        costs more than its work."""
+        rows = len(first)
+        table = np.full((rows, int(paths.max()) + 1), np.nan, dtype=np.float32)
+        table[:, 0] = first
+        table[member, path_of + 1] = sampled
+        ordered = np.sort(table, axis=1)  # NaN (no such path) sorts last
+        median = ordered[np.arange(rows), paths // 2][:, None]  # the lower middle of 1 + K
+        weights = np.exp(-np.abs(table - median) / np.float32(self.options.consistency_temperature))
+        weights[np.isnan(table)] = 0.0
+        aggregate = (weights * np.nan_to_num(table)).sum(1) / weights.sum(1)
+        return (self.options.mix * aggregate + (1 - self.options.mix) * first).astype(np.float32)
 
     def _imputed_paths(self, batch: Batch, filtered: torch.Tensor, paths: int, model
                        ) -> tuple[Batch, torch.Tensor]:
