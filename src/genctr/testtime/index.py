@@ -187,7 +187,7 @@ class FrequencyIndex:
         values = self._value_columns(tokens)
         out = {}
         for order, (ids, columns) in self._combination_layout().items():
-            if order == 1 and self.rows:
+            if order == 1 and self.rows:  # counted: the table is built once, from final counts
                 out[1] = self._order1_counts(values, ids)
                 continue
             keys = combine(ids, [values[:, column] for column in columns])
@@ -200,11 +200,12 @@ class FrequencyIndex:
         tabled, offsets, table, hashed = self._order1_table()
         counts = np.empty(values.shape, dtype=np.float64)
         counts[:, tabled] = table[values[:, tabled] + offsets]
-        for c in hashed:
-            counts[:, c] = self.count(1, combine(ids[c], [values[:, c]]))[1]
+        if len(hashed):  # list fields (a hashed set each): every such column in one lookup
+            keys = combine(ids[hashed], [values[:, hashed]])
+            counts[:, hashed] = self.count(1, keys.ravel())[1].reshape(keys.shape)
         return counts
 
-    def _order1_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    def _order1_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(indexed-field columns tabulated [T], their offsets [T], float64 estimates of every
         token of those fields, concatenated, the other columns): single-valued fields, smallest
         first, up to TOKEN_TABLE_TOKENS tokens in all; estimated once from the counters (a merge
@@ -222,7 +223,7 @@ class FrequencyIndex:
             self._order1 = (np.array(tabled, dtype=np.int64),
                             np.cumsum([0, *sizes])[:-1].astype(np.int64),
                             np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
-                            [c for c in range(len(self.fields)) if c not in tabled])
+                            np.setdiff1d(np.arange(len(self.fields)), tabled))
         return self._order1
 
     def field_positions(self) -> np.ndarray:

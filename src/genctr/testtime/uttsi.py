@@ -30,10 +30,10 @@ from genctr.testtime.paths import sample_confidence_paths, tile_batch
 
 def uncertainty(logits: torch.Tensor, conf: Confidence) -> np.ndarray:
     """Data scarcity per instance: (1 − model confidence)·(1 − frequency prior)."""
-    return scarcity(torch.sigmoid(logits).numpy(), conf)
+    return uncertainty_from_prob(torch.sigmoid(logits).numpy(), conf)
 
 
-def scarcity(prob: np.ndarray, conf: Confidence) -> np.ndarray:
+def uncertainty_from_prob(prob: np.ndarray, conf: Confidence) -> np.ndarray:
     """uncertainty() from the probabilities σ(logits) [N] (float32, as torch computes them)."""
     return (1 - np.abs(2 * prob - 1)) * (1 - conf.prior)
 
@@ -64,7 +64,7 @@ class UTTSI(Inference):
         conf = self.confidence(batch)
         base = self.filtered(conf)
         first = torch.sigmoid(self.logits(model, batch, base)).numpy()
-        paths = self.budget.allocate(scarcity(first, conf))
+        paths = self.budget.allocate(uncertainty_from_prob(first, conf))
         prob = first.copy()
         explored = np.flatnonzero(paths)
         if len(explored):
