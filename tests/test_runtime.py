@@ -67,6 +67,12 @@ def test_training_pretraining_and_inference_on_cuda_match_cpu(small_synthetic, t
                                                    "heads": {"sampled_above": 100}})
     _, net, history = pretrain_run(pretrain, tmp_path / "pre", dataset=small_synthetic, log=lambda line: None)
     assert np.isfinite(list(history[-1]["field_loss"].values())).all()
+    # fine-tuning the pre-trained network (sequence fields, masks drawn on the host) on the GPU
+    fine = RunConfig(data=DATA, model={"name": "hetegen"}, init_from=str(tmp_path / "pre"),
+                     train={"epochs": 1, "batch_size": 256, "seed": 1, "progress": False, "device": "cuda",
+                            "split_on_device": True})
+    tuned, _, tuned_metrics = train_run(fine, tmp_path / "fine", dataset=small_synthetic, log=lambda line: None)
+    assert next(tuned.model.parameters()).is_cuda and tuned_metrics["test"]["auc"] > 0.55
 
 
 def test_a_resident_train_split_gives_the_same_batches_and_weights(small_synthetic, tmp_path, monkeypatch):

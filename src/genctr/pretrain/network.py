@@ -34,7 +34,9 @@ class GenerativeNet(nn.Module):
         return [f.name for f in self.fields] + ["label"]
 
     def masks(self, batch: Batch, generator: torch.Generator | None = None) -> Masks:
-        present = {name: batch.tokens[name] != 0 for name in self.denoiser.sequences}
+        # masks are drawn on the host generator (the same stream on every device): the batch
+        # may already live on a GPU, so its padding pattern comes to the host
+        present = {name: (batch.tokens[name] != 0).cpu() for name in self.denoiser.sequences}
         return self.corruption.sample(len(batch), present, generator)
 
     def losses(self, batch: Batch, masks: Masks) -> tuple[torch.Tensor, torch.Tensor, FieldLosses]:
