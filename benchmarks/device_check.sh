@@ -2,8 +2,10 @@
 # The CUDA check (issue 14): on one CUDA GPU, in well under 8 minutes, it installs what the GPU
 # machine's image lacks from wheels this script downloaded beforehand, runs the CUDA tests,
 # trains DNN and DCNv2 for 2 epochs on frappe-x1 and ml1m-ctr on the GPU and on that machine's
-# CPU, pre-trains HeteGenCTR for one epoch on the GPU, and prints samples/s and test AUC side
-# by side (records: $OUT/device.jsonl, machine naming the GPU).
+# CPU, scores the ml1m DCNv2 plain and with UTTSI@2.0 on both, pre-trains HeteGenCTR for one
+# epoch on the GPU, and prints samples/s, latency and test AUC side by side (records:
+# $OUT/device.jsonl and device-pretrain.json, machine naming the GPU; copy them into
+# benchmarks/results/ and run `genctr report`).
 #
 #   bash benchmarks/device_check.sh --prepare   # here, with network: packages + a data copy, packed
 #                                               # into benchmarks/.device (git-ignored, never committed)

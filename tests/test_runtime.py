@@ -97,3 +97,32 @@ def test_a_resident_train_split_gives_the_same_batches_and_weights(small_synthet
     monkeypatch.setattr(runtime.os, "sysconf", lambda name: 1)  # no free memory: it stays put
     assert Runtime.create("cpu").resident(train, "train split", notes.append) is train
     assert "does not fit" in notes[0] and isinstance(whole_split(train).label, torch.Tensor)
+
+
+def test_report_renders_the_cuda_check_beside_the_cpu(tmp_path):
+    import json
+
+    from genctr.files import append_jsonl
+    from genctr.report import write_results_markdown
+
+    results = tmp_path / "results"
+    common = {"task": "ml1m-ctr", "tool": "genctr", "model": "dcnv2", "pretrain": "none", "seed": 1,
+              "test_logloss": 0.58, "commit": "abc", "finished_at": "2026-12-04T00:00:00+00:00"}
+    for device, speed, machine in (("cuda", 400_000.0, "NVIDIA H200, 16 cores"), ("cpu", 80_000.0, "16 cores")):
+        append_jsonl(results / "device.jsonl", common | {
+            "inference": "plain", "device": device, "test_auc": 0.76, "epochs": 2,
+            "train_samples_per_s": speed, "epoch_seconds": 800_000 / speed, "machine": machine})
+    append_jsonl(results / "device.jsonl", common | {
+        "inference": "uttsi@2.0", "device": "cuda", "test_auc": 0.74, "avg_cost": 2.0,
+        "latency_single_p50_ms": 3.9, "latency_single_p99_ms": 4.7, "latency_batch4096_p50_ms": 61.9,
+        "latency_batch4096_p99_ms": 70.4, "machine": "NVIDIA H200, 16 cores"})
+    (results / "device-pretrain.json").write_text(json.dumps({
+        "task": "ml1m-ctr", "model": "hetegen", "device": "cuda", "samples_per_s": 52_000.0,
+        "epoch_seconds": 15.3, "commit": "abc"}))
+    text = write_results_markdown(tmp_path).read_text()
+    assert "commit `abc`, machine: NVIDIA H200, 16 cores." in text
+    assert "| ml1m-ctr | dcnv2 | cuda | 400,000 | 5.0x | 2.00 | 0.7600 | 0.5800 |" in text
+    assert "| ml1m-ctr | dcnv2 | cpu | 80,000 |  | 10.00 |" in text
+    assert "| ml1m-ctr | dcnv2 | uttsi@2.0 | cuda | 0.7400 | 2.00 | 3.90 | 4.70 | 61.9 | 70.4 |" in text
+    assert "one epoch on cuda): 52,000 samples/s, 15.3 s." in text
+    assert "(device.jsonl)" not in text  # its own section, not a training table mixing devices

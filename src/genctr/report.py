@@ -497,6 +497,49 @@ def label_scarce_section(task: str, records: list[dict], segment: str = "cold") 
     return "\n".join(lines)
 
 
+def device_section(records: list[dict], pretrain: dict | None) -> str:
+    """The CUDA check (benchmarks/device_check.sh, newest commit): training speed and AUC on the
+    GPU beside the same machine's CPU, inference latency on both, and the pre-training epoch."""
+    if not records:
+        return ""
+    newest, records = newest_commit(records)
+    gpu = next((r["machine"] for r in records if r["device"] != "cpu"), records[-1]["machine"])
+    lines = ["## GPU: the CUDA check",
+             "",
+             "Command: `bash benchmarks/device_check.sh` on a lent CUDA machine (after "
+             f"`--prepare` here); commit `{newest}`, machine: {gpu}. Seed 1, 2 epochs, batch 4096, "
+             "the bench recipe's models; on the GPU bf16 autocast and the train split resident on "
+             "the device, on the CPU (all its cores) fp32. Speed-up: GPU samples/s over the same "
+             "machine's CPU samples/s.",
+             "",
+             "| task | model | device | train samples/s | speed-up | epoch s | test AUC | test logloss |",
+             "|---|---|---|---|---|---|---|---|"]
+    trained = [r for r in records if "train_samples_per_s" in r]
+    cpu = {(r["task"], r["model"]): r for r in trained if r["device"] == "cpu"}
+    for r in trained:
+        base = cpu.get((r["task"], r["model"]))
+        speedup = (f"{r['train_samples_per_s'] / base['train_samples_per_s']:.1f}x"
+                   if base and r["device"] != "cpu" else "")
+        lines.append(f"| {r['task']} | {r['model']} | {r['device']} | {r['train_samples_per_s']:,.0f} | "
+                     f"{speedup} | {r['epoch_seconds']:.2f} | "
+                     f"{r['test_auc']:.4f} | {r['test_logloss']:.4f} |")
+    served = [r for r in records if "latency_single_p50_ms" in r]
+    if served:
+        lines += ["", "Inference of the GPU-trained run, loaded on each device (in process: one row per "
+                  "request, 200 requests, and five 4096-row batches; UTTSI's threshold fitted on valid):", "",
+                  "| task | model | inference | device | test AUC | avg cost | 1-row p50 ms | 1-row p99 ms | "
+                  "4096-row p50 ms | 4096-row p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in served:
+            lines.append(f"| {r['task']} | {r['model']} | {r['inference']} | {r['device']} | {r['test_auc']:.4f} | "
+                         f"{r['avg_cost']:.2f} | {r['latency_single_p50_ms']:.2f} | {r['latency_single_p99_ms']:.2f} | "
+                         f"{r['latency_batch4096_p50_ms']:.1f} | {r['latency_batch4096_p99_ms']:.1f} |")
+    if pretrain and pretrain.get("commit") == newest:
+        lines += ["", f"Pre-training ({pretrain['model']}, {pretrain['task']}, one epoch on "
+                  f"{pretrain['device']}): {pretrain['samples_per_s']:,.0f} samples/s, "
+                  f"{pretrain['epoch_seconds']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
 def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]:
     """Per method, the per-epoch history its lowest-seed record carries (records alone: the
     report must render the same in a fresh clone, where no run folder exists)."""
@@ -511,8 +554,11 @@ def first_seed_histories(groups: dict[str, list[dict]]) -> dict[str, list[dict]]
 def write_results_markdown(benchmarks_dir: str | Path) -> Path:
     """Re-render RESULTS.md from every records file (encode, serve, scale, and one file per task)."""
     folder = Path(benchmarks_dir)
+    pretrain = folder / "results" / "device-pretrain.json"
     own_sections = {"encode.jsonl": encode_section, "serve.jsonl": serve_section,
-                    "scale.jsonl": lambda records: scale_section(records, folder / "plots")}
+                    "scale.jsonl": lambda records: scale_section(records, folder / "plots"),
+                    "device.jsonl": lambda records: device_section(
+                        records, json.loads(pretrain.read_text()) if pretrain.is_file() else None)}
     sections = [render(read_jsonl(folder / "results" / name)) for name, render in own_sections.items()]
     for path in sorted((folder / "results").glob("*.jsonl")):
         if path.name in own_sections:
