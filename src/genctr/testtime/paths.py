@@ -67,11 +67,21 @@ def _walk_entries(kept: np.ndarray, dropping: np.ndarray, members: np.ndarray,
     each numpy call of the walk above costs more than the work. The result is identical:
     entries come in (path, row, combination) order, and paths and rows never interact."""
     rows = kept.tolist()
-    members, weakest = members.tolist(), weakest.tolist()
-    for path, row, c in zip(*(axis.tolist() for axis in np.nonzero(dropping))):
-        fields = rows[path][row]
-        if all(fields[field] for field in members[c]):
-            fields[weakest[row][c]] = False
+    entries = zip(*(axis.tolist() for axis in np.nonzero(dropping)))
+    weakest = weakest.tolist()
+    if members.shape[1] == 2:  # pairs, the common order: two lookups instead of a generator
+        pairs = members.tolist()
+        for path, row, c in entries:
+            fields = rows[path][row]
+            first, second = pairs[c]
+            if fields[first] and fields[second]:
+                fields[weakest[row][c]] = False
+    else:
+        members = members.tolist()
+        for path, row, c in entries:
+            fields = rows[path][row]
+            if all(fields[field] for field in members[c]):
+                fields[weakest[row][c]] = False
     kept[...] = rows
 
 
