@@ -105,26 +105,35 @@ def test_an_orders_keys_hashed_at_once_equal_one_hash_per_combination(small_synt
     assert keys[3].shape == (len(small_synthetic.splits["test"]), 1)
 
 
-@pytest.mark.parametrize("table_tokens", [1 << 20, 100])  # every single-valued field, or a few
-def test_order1_frequencies_from_the_token_table_equal_the_hashed_estimates(
+@pytest.mark.parametrize("table_tokens", [1 << 20, 100])  # every combination that can be, or a few
+def test_order1_and_order2_frequencies_from_the_token_tables_equal_the_hashed_estimates(
         small_synthetic, monkeypatch, table_tokens):
     import genctr.testtime.index as index_module
 
     monkeypatch.setattr(index_module, "TOKEN_TABLE_TOKENS", table_tokens)
     infos = field_infos(small_synthetic.encoder)
     train, test = small_synthetic.splits["train"], small_synthetic.splits["test"]
-    options = IndexOptions(width=2 ** 8, heavy_hitters=50)  # overflowing: sketch estimates too
+    options = IndexOptions(width=2 ** 8, heavy_hitters=50, order3="all")  # overflowing: sketch estimates too
     index = FrequencyIndex.build(train, infos, options)
     tokens = tokens_of(test, fields=index.names)
-    hashed = index.count(1, index.keys_of(tokens)[1].ravel())[1].reshape(len(test), -1)
-    np.testing.assert_array_equal(index.frequencies(tokens)[1], hashed)
-    tabled, _, _, rest = index._order1_table()
-    assert index.names.index("tags") in rest  # a list field's value is a hashed set: no table
-    assert (len(tabled) == len(index.names) - 1) == (table_tokens > 1000)
-    other = FrequencyIndex.build(test, infos, options)  # a merge changes the counts: table rebuilt
+
+    def hashed_estimates() -> dict[int, np.ndarray]:
+        return {order: index.count(order, keys.ravel())[1].reshape(keys.shape)
+                for order, keys in index.keys_of(tokens).items()}
+
+    for order, counts in hashed_estimates().items():
+        np.testing.assert_array_equal(index.frequencies(tokens)[order], counts)
+    tags = index.names.index("tags")
+    for order in (1, 2):
+        tabled, _, _, _, rest = index._token_table(order)
+        with_tags = [c for c, members in enumerate(index.pair_members(order).tolist()) if tags in members]
+        assert set(with_tags) <= set(rest.tolist())  # a list field's value is a hashed set: no table
+        assert (len(tabled) == len(index.combos[order]) - len(with_tags)) == (table_tokens > 1000)
+        assert len(tabled) and len(rest)
+    other = FrequencyIndex.build(test, infos, options)  # a merge changes the counts: tables rebuilt
     index.merge(other)
-    hashed = index.count(1, index.keys_of(tokens)[1].ravel())[1].reshape(len(test), -1)
-    np.testing.assert_array_equal(index.frequencies(tokens)[1], hashed)
+    for order, counts in hashed_estimates().items():
+        np.testing.assert_array_equal(index.frequencies(tokens)[order], counts)
 
 
 def test_index_save_and_load_give_the_same_frequencies(small_synthetic, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from itertools import combinations
 from pathlib import Path
@@ -28,7 +29,9 @@ from genctr.testtime.sketch import FrequencyCounter, combine
 INDEX_FILE = "frequency_index.npz"
 INDEX_FORMAT = 2  # 2: heavy hitters kept out of the sketch; files of another format are rebuilt
 QUANTILES = np.linspace(0, 1, 101)
-TOKEN_TABLE_TOKENS = 1 << 20  # order-1 estimates tabulated per token, smallest fields first (8 MB)
+# estimates tabulated per token (order 1) and per token pair (order 2), smallest first, at most
+# this many entries per order (8 MB of float64 each)
+TOKEN_TABLE_TOKENS = 1 << 20
 
 
 class IndexOptions(Strict):
@@ -166,7 +169,7 @@ class FrequencyIndex:
         for order, counter in self.counters.items():
             counter.merge(other.counters[order])
         self.rows += other.rows
-        self.__dict__.pop("_order1", None)  # the counts changed
+        self.__dict__.pop("_tables", None)  # the counts changed
         self.sample_keys = {order: np.concatenate([keys, other.sample_keys[order]])
                             for order, keys in self.sample_keys.items()}
         self.sample_weights = np.concatenate([self.sample_weights, other.sample_weights])
@@ -182,49 +185,62 @@ class FrequencyIndex:
     def frequencies(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> float64 [N, C]: estimated training count of each row's combinations
         (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3).
-        Order 1 of a single-valued field is read from a per-token table (`_order1_table`):
-        the same estimates, without a hash and eight scattered sketch reads per value."""
+        Orders 1 and 2 read combinations of single-valued fields from per-token tables
+        (`_token_table`): the same estimates, without a hash and eight scattered sketch reads
+        per key (a served request's lookups are most of its confidence cost)."""
         values = self._value_columns(tokens)
         out = {}
         for order, (ids, columns) in self._combination_layout().items():
-            if order == 1 and self.rows:  # counted: the table is built once, from final counts
-                out[1] = self._order1_counts(values, ids)
+            if order <= 2 and self.rows:  # counted: the tables are built once, from final counts
+                out[order] = self._tabled_counts(order, values, ids, columns)
                 continue
             keys = combine(ids, [values[:, column] for column in columns])
             _, estimate, _ = self.count(order, keys.ravel())
             out[order] = estimate.reshape(keys.shape).astype(np.float64)
         return out
 
-    def _order1_counts(self, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """float64 [N, C1]: order-1 estimates, from the per-token table where it has the field."""
-        tabled, offsets, table, hashed = self._order1_table()
-        counts = np.empty(values.shape, dtype=np.float64)
-        counts[:, tabled] = table[values[:, tabled] + offsets]
-        if len(hashed):  # list fields (a hashed set each): every such column in one lookup
-            keys = combine(ids[hashed], [values[:, hashed]])
-            counts[:, hashed] = self.count(1, keys.ravel())[1].reshape(keys.shape)
+    def _tabled_counts(self, order: int, values: np.ndarray, ids: np.ndarray,
+                       columns: list[np.ndarray]) -> np.ndarray:
+        """float64 [N, C]: the order's estimates, from its token table where it has the
+        combination, hashed and counted (all the others in one lookup) where not."""
+        tabled, strides, offsets, table, hashed = self._token_table(order)
+        counts = np.empty((len(values), len(ids)), dtype=np.float64)
+        if len(tabled):
+            position = offsets + values[:, columns[0][tabled]] * strides[0]
+            for member in range(1, order):
+                position += values[:, columns[member][tabled]] * strides[member]
+            counts[:, tabled] = table[position]
+        if len(hashed):  # list fields (a hashed set each) and combinations too large to table
+            keys = combine(ids[hashed], [values[:, column[hashed]] for column in columns])
+            counts[:, hashed] = self.count(order, keys.ravel())[1].reshape(keys.shape)
         return counts
 
-    def _order1_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(indexed-field columns tabulated [T], their offsets [T], float64 estimates of every
-        token of those fields, concatenated, the other columns): single-valued fields, smallest
-        first, up to TOKEN_TABLE_TOKENS tokens in all; estimated once from the counters (a merge
-        drops it)."""
-        if "_order1" not in self.__dict__:
+    def _token_table(self, order: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+        """(combinations tabulated [T], per member its stride [T], their offsets [T], float64
+        estimates of every token combination of those, concatenated, the other combinations):
+        combinations of single-valued fields, smallest first, up to TOKEN_TABLE_TOKENS entries;
+        estimated once from the counters (a merge drops them). A combination's entry is
+        offset + Σ token_j · stride_j (row-major over its members' vocabularies)."""
+        tables = self.__dict__.setdefault("_tables", {})
+        if order not in tables:
+            members = self.pair_members(order)
+            sizes = [[self.fields[m].vocab_size for m in row] for row in members.tolist()]
             tabled, total = [], 0
-            for c in sorted(range(len(self.fields)), key=lambda c: self.fields[c].vocab_size):
-                spec = self.fields[c]
-                if not spec.is_list and total + spec.vocab_size <= TOKEN_TABLE_TOKENS:
+            for c in sorted(range(len(members)), key=lambda c: math.prod(sizes[c])):
+                entries = math.prod(sizes[c])
+                if not any(self.fields[m].is_list for m in members[c]) and total + entries <= TOKEN_TABLE_TOKENS:
                     tabled.append(c)
-                    total += spec.vocab_size
-            sizes = [self.fields[c].vocab_size for c in tabled]
-            parts = [self.count(1, combine(self._combo_id(1, c), [np.arange(size)]))[1]
-                     for c, size in zip(tabled, sizes)]
-            self._order1 = (np.array(tabled, dtype=np.int64),
-                            np.cumsum([0, *sizes])[:-1].astype(np.int64),
-                            np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
-                            np.setdiff1d(np.arange(len(self.fields)), tabled))
-        return self._order1
+                    total += entries
+            parts = [self.count(order, combine(self._combo_id(order, c),
+                                               list(np.indices(sizes[c]).reshape(order, -1))))[1]
+                     for c in tabled]
+            strides = [np.array([math.prod(sizes[c][j + 1:]) for c in tabled], dtype=np.int64)
+                       for j in range(order)]
+            tables[order] = (np.array(tabled, dtype=np.int64), strides,
+                             np.cumsum([0, *(math.prod(sizes[c]) for c in tabled)])[:-1].astype(np.int64),
+                             np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
+                             np.setdiff1d(np.arange(len(members)), tabled))
+        return tables[order]
 
     def field_positions(self) -> np.ndarray:
         """int [C1]: the position of each indexed field among all the model's fields."""
