@@ -99,13 +99,15 @@ def inference_records(folder: Path, dataset, gpu: str, commit: str, results: Pat
 
     for device in (gpu, "cpu"):
         run = load_run(folder, device=device)
-        for label, options in (("plain", InferenceOptions()), ("uttsi@2.0", InferenceOptions(strategy="uttsi", budget=2.0))):
+        for label, options in (("plain", InferenceOptions()),
+                               ("uttsi@2.0", InferenceOptions(strategy="uttsi", budget=2.0))):
             result = evaluate_run_inference(run, dataset, options, splits=("valid", "test"))
             latency = result["latency"]
             record = {"task": "ml1m-ctr", "tool": "genctr", "model": "dcnv2", "pretrain": "none",
                       "inference": label, "seed": 1, "device": device, "trained_on": gpu,
                       "test_auc": result["test"]["auc"], "test_logloss": result["test"]["logloss"],
-                      "avg_cost": result["test"]["avg_cost"], **{f"latency_{k}": v for k, v in latency.items()},
+                      "avg_cost": result["test"]["avg_cost"],
+                      **{f"latency_{k}": v for k, v in latency.items()},
                       "commit": commit, "machine": machine(device), "finished_at": now_iso()}
             append_jsonl(results, record)
             print(f"ml1m-ctr dcnv2 {label} on {device}: test AUC {record['test_auc']:.4f}, cost "

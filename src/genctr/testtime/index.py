@@ -215,7 +215,8 @@ class FrequencyIndex:
             counts[:, hashed] = self.count(order, keys.ravel())[1].reshape(keys.shape)
         return counts
 
-    def _token_table(self, order: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    def _token_table(self, order: int
+                     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
         """(combinations tabulated [T], per member its stride [T], their offsets [T], float64
         estimates of every token combination of those, concatenated, the other combinations):
         combinations of single-valued fields, smallest first, up to TOKEN_TABLE_TOKENS entries;
@@ -228,7 +229,8 @@ class FrequencyIndex:
             tabled, total = [], 0
             for c in sorted(range(len(members)), key=lambda c: math.prod(sizes[c])):
                 entries = math.prod(sizes[c])
-                if not any(self.fields[m].is_list for m in members[c]) and total + entries <= TOKEN_TABLE_TOKENS:
+                single_valued = not any(self.fields[m].is_list for m in members[c])
+                if single_valued and total + entries <= TOKEN_TABLE_TOKENS:
                     tabled.append(c)
                     total += entries
             parts = [self.count(order, combine(self._combo_id(order, c),
