@@ -298,3 +298,23 @@ def test_the_onnx_backend_scores_like_torch(served):
         rows = request_rows(raw, client.get("/health").json()["columns"], 64)
         answer = client.post("/predict", json={"rows": rows})
     np.testing.assert_allclose(answer.json()["probabilities"], expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_run_loaded_on_cuda_serves_and_predicts_like_the_cpu(served, tmp_path):
+    from genctr.serve.strategies import fit_strategies
+
+    folder, raw, expected = served
+    run = load_run(folder / "run", device="cuda")
+    assert next(run.model.parameters()).is_cuda
+    strategies = fit_strategies(run, ["uttsi@2.0", "matt@4"], log=lambda line: None)
+    with TestClient(create_app(run, strategies=strategies)) as client:
+        rows = request_rows(raw, client.get("/health").json()["columns"], 64)
+        answers = {name: client.post("/predict", json={"rows": rows, "inference": spec}).json()
+                   for name, spec in (("plain", None), ("uttsi", {"strategy": "uttsi", "budget": 2.0}),
+                                      ("matt", {"strategy": "matt", "paths": 4}))}
+    np.testing.assert_allclose(answers["plain"]["probabilities"], expected, atol=1e-5)
+    assert 1 <= answers["uttsi"]["cost"] <= 8 and answers["matt"]["cost"] == 4.0
+    assert all(0 < p < 1 for p in answers["uttsi"]["probabilities"] + answers["matt"]["probabilities"])
+    predict_file(run, folder / "rows.csv", tmp_path / "scored.csv", log=lambda line: None)  # genctr predict
+    np.testing.assert_allclose(pl.read_csv(tmp_path / "scored.csv")["probability"].to_numpy(), expected, atol=1e-5)
