@@ -125,7 +125,8 @@ def test_order1_and_order2_frequencies_from_the_token_tables_equal_the_hashed_es
         np.testing.assert_array_equal(index.frequencies(tokens)[order], counts)
     tags = index.names.index("tags")
     for order in (1, 2):
-        tabled, _, _, _, rest = index._token_table(order)
+        table = index._token_table(order)
+        tabled, rest = table.tabled, table.hashed
         with_tags = [c for c, members in enumerate(index.pair_members(order).tolist()) if tags in members]
         assert set(with_tags) <= set(rest.tolist())  # a list field's value is a hashed set: no table
         assert (len(tabled) == len(index.combos[order]) - len(with_tags)) == (table_tokens > 1000)

@@ -14,7 +14,7 @@ import math
 import time
 from itertools import combinations
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +32,20 @@ QUANTILES = np.linspace(0, 1, 101)
 # estimates tabulated per token (order 1) and per token pair (order 2), smallest first, at most
 # this many entries per order (8 MB of float64 each)
 TOKEN_TABLE_TOKENS = 1 << 20
+
+
+class TokenTable(NamedTuple):
+    """One order's estimates, tabulated per token combination where the combination is small
+    enough (FrequencyIndex._token_table), and where to find each row's entries."""
+
+    tabled: np.ndarray  # combinations tabulated [T]
+    tabled_columns: list[np.ndarray]  # per member j: the value column of each one's member j [T]
+    strides: list[np.ndarray]  # per member j [T]: entry = offset + Σ token_j · stride_j
+    offsets: np.ndarray  # [T]
+    estimates: np.ndarray  # float64, every tabulated combination's entries, concatenated
+    hashed: np.ndarray  # the other combinations [H]: hashed and counted per request
+    hashed_ids: np.ndarray  # their combination ids [H]
+    hashed_columns: list[np.ndarray]  # per member j [H]
 
 
 class IndexOptions(Strict):
@@ -192,56 +206,54 @@ class FrequencyIndex:
         out = {}
         for order, (ids, columns) in self._combination_layout().items():
             if order <= 2 and self.rows:  # counted: the tables are built once, from final counts
-                out[order] = self._tabled_counts(order, values, ids, columns)
+                out[order] = self._tabled_counts(self._token_table(order), order, values)
                 continue
             keys = combine(ids, [values[:, column] for column in columns])
             _, estimate, _ = self.count(order, keys.ravel())
             out[order] = estimate.reshape(keys.shape).astype(np.float64)
         return out
 
-    def _tabled_counts(self, order: int, values: np.ndarray, ids: np.ndarray,
-                       columns: list[np.ndarray]) -> np.ndarray:
+    def _tabled_counts(self, table: TokenTable, order: int, values: np.ndarray) -> np.ndarray:
         """float64 [N, C]: the order's estimates, from its token table where it has the
         combination, hashed and counted (all the others in one lookup) where not."""
-        tabled, strides, offsets, table, hashed = self._token_table(order)
-        counts = np.empty((len(values), len(ids)), dtype=np.float64)
-        if len(tabled):
-            position = offsets + values[:, columns[0][tabled]] * strides[0]
+        counts = np.empty((len(values), len(table.tabled) + len(table.hashed)), dtype=np.float64)
+        if len(table.tabled):
+            position = table.offsets + values[:, table.tabled_columns[0]] * table.strides[0]
             for member in range(1, order):
-                position += values[:, columns[member][tabled]] * strides[member]
-            counts[:, tabled] = table[position]
-        if len(hashed):  # list fields (a hashed set each) and combinations too large to table
-            keys = combine(ids[hashed], [values[:, column[hashed]] for column in columns])
-            counts[:, hashed] = self.count(order, keys.ravel())[1].reshape(keys.shape)
+                position += values[:, table.tabled_columns[member]] * table.strides[member]
+            counts[:, table.tabled] = table.estimates[position]
+        if len(table.hashed):  # list fields (a hashed set each) and combinations too large to table
+            keys = combine(table.hashed_ids, [values[:, column] for column in table.hashed_columns])
+            counts[:, table.hashed] = self.count(order, keys.ravel())[1].reshape(keys.shape)
         return counts
 
-    def _token_table(self, order: int
-                     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
-        """(combinations tabulated [T], per member its stride [T], their offsets [T], float64
-        estimates of every token combination of those, concatenated, the other combinations):
-        combinations of single-valued fields, smallest first, up to TOKEN_TABLE_TOKENS entries;
-        estimated once from the counters (a merge drops them). A combination's entry is
-        offset + Σ token_j · stride_j (row-major over its members' vocabularies)."""
+    def _token_table(self, order: int) -> TokenTable:
+        """The order's TokenTable: combinations of single-valued fields, smallest first, up to
+        TOKEN_TABLE_TOKENS entries, estimated once from the counters (a merge drops them); a
+        combination's entry is offset + Σ token_j · stride_j (row-major over its members'
+        vocabularies)."""
         tables = self.__dict__.setdefault("_tables", {})
         if order not in tables:
-            members = self.pair_members(order)
-            sizes = [[self.fields[m].vocab_size for m in row] for row in members.tolist()]
+            ids, columns = self._combination_layout()[order]
+            sizes = [[self.fields[m].vocab_size for m in row] for row in self.pair_members(order).tolist()]
             tabled, total = [], 0
-            for c in sorted(range(len(members)), key=lambda c: math.prod(sizes[c])):
+            for c in sorted(range(len(ids)), key=lambda c: math.prod(sizes[c])):
                 entries = math.prod(sizes[c])
-                single_valued = not any(self.fields[m].is_list for m in members[c])
+                single_valued = not any(self.fields[column[c]].is_list for column in columns)
                 if single_valued and total + entries <= TOKEN_TABLE_TOKENS:
                     tabled.append(c)
                     total += entries
-            parts = [self.count(order, combine(self._combo_id(order, c),
-                                               list(np.indices(sizes[c]).reshape(order, -1))))[1]
-                     for c in tabled]
-            strides = [np.array([math.prod(sizes[c][j + 1:]) for c in tabled], dtype=np.int64)
-                       for j in range(order)]
-            tables[order] = (np.array(tabled, dtype=np.int64), strides,
-                             np.cumsum([0, *(math.prod(sizes[c]) for c in tabled)])[:-1].astype(np.int64),
-                             np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
-                             np.setdiff1d(np.arange(len(members)), tabled))
+            grids = [list(np.indices(sizes[c]).reshape(order, -1)) for c in tabled]  # every token tuple
+            parts = [self.count(order, combine(ids[c], grid))[1] for c, grid in zip(tabled, grids)]
+            tabled = np.array(tabled, dtype=np.int64)
+            hashed = np.setdiff1d(np.arange(len(ids)), tabled)
+            tables[order] = TokenTable(
+                tabled, [column[tabled] for column in columns],
+                [np.array([math.prod(sizes[c][j + 1:]) for c in tabled.tolist()], dtype=np.int64)
+                 for j in range(order)],
+                np.cumsum([0, *(math.prod(sizes[c]) for c in tabled.tolist())])[:-1].astype(np.int64),
+                np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
+                hashed, ids[hashed], [column[hashed] for column in columns])
         return tables[order]
 
     def field_positions(self) -> np.ndarray:
