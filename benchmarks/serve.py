@@ -134,9 +134,11 @@ def pauses_between(before: dict, after: dict) -> dict[str, dict[str, float]]:
 
 
 def rss_mb(pid: int) -> float:
+    """Resident memory of the process and its children (the workers of `serve --workers`)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+            return int(line.split()[1]) / 1024 + sum(rss_mb(int(child)) for child in children)
     return float("nan")
 
 
@@ -147,18 +149,25 @@ def free_port() -> int:
 
 
 def start_server(run_dir: Path, data_dir: Path, backend: str, port: int, max_wait_ms: float,
-                 threads: int | None, freeze_gc: bool = True) -> subprocess.Popen:
+                 threads: int | None, freeze_gc: bool = True, workers: int = 1) -> subprocess.Popen:
+    """The server, once each of its workers has answered /health."""
     command = [sys.executable, "-m", "genctr", "serve", str(run_dir), "--port", str(port),
+               "--workers", str(workers),
                "--backend", backend, "--data-dir", str(data_dir), "--max-wait-ms", str(max_wait_ms),
                "--freeze-gc" if freeze_gc else "--no-freeze-gc", "--inference", "uttsi@2.0"]
     if threads is not None:
         command += ["--threads", str(threads)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600  # fitting UTTSI loads the data and scores valid
+    answered = set()
     while time.time() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+            health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)  # a new connection
+            answered.add(health.json()["pid"])
+            if len(answered) == workers:
                 return server
+            time.sleep(0.05)
+            continue
         except httpx.HTTPError:
             if server.poll() is not None:
                 raise RuntimeError(f"the server stopped: {server.stderr.read()}")
@@ -176,6 +185,7 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=2.0,
                         help="the server's micro-batch wait (0: score what is queued at once)")
     parser.add_argument("--threads", type=int, default=None, help="the server's forward threads")
+    parser.add_argument("--workers", type=int, default=1, help="the server's processes (serve --workers)")
     parser.add_argument("--no-freeze-gc", dest="freeze_gc", action="store_false",
                         help="serve without exempting the loaded run from the garbage collector")
     parser.add_argument("--repeat", type=int, default=1,
@@ -188,11 +198,13 @@ def main() -> int:
         print("wrk is not installed: apt-get install wrk (Debian's package)", file=sys.stderr)
         return 2
     commit = git_commit()
-    settings = {"max_wait_ms": args.max_wait_ms, "threads": args.threads, "freeze_gc": args.freeze_gc}
+    settings = {"max_wait_ms": args.max_wait_ms, "threads": args.threads, "freeze_gc": args.freeze_gc,
+                "workers": args.workers}
     done = Counter((r["backend"], r["inference"], r["rows_per_request"], r["clients"])
                    for r in read_jsonl(args.results) if r.get("run") == str(args.run.resolve())
                    and r.get("commit") == commit and r.get("max_wait_ms", 2.0) == args.max_wait_ms
-                   and r.get("threads") == args.threads and r.get("freeze_gc", False) == args.freeze_gc)
+                   and r.get("threads") == args.threads and r.get("freeze_gc", False) == args.freeze_gc
+                   and r.get("workers", 1) == args.workers)
     wanted = CELLS if args.cells is None else [
         (b, i, int(r), int(c)) for b, i, r, c in (cell.split(":") for cell in args.cells)]
     todo = [c for c in wanted if done[c] < args.repeat]
@@ -205,7 +217,7 @@ def main() -> int:
     for backend in dict.fromkeys(c[0] for c in todo):
         port = free_port()
         server = start_server(args.run, args.data_dir, backend, port, args.max_wait_ms, args.threads,
-                              args.freeze_gc)
+                              args.freeze_gc, args.workers)
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         try:
             for cell in [c for c in todo if c[0] == backend for _ in range(args.repeat - done[c])]:

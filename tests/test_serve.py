@@ -185,6 +185,27 @@ def test_micro_batcher_groups_concurrent_requests_by_key_and_finishes_on_close()
     assert len(late[0]) == 1
 
 
+def test_a_micro_batch_stops_waiting_once_every_open_connection_is_in_it():
+    calls = []
+
+    def score(key, rows):
+        calls.append((key, rows.height, time.perf_counter()))
+        return np.zeros(rows.height), np.ones(rows.height)
+
+    async def scenario(open_connections):
+        calls.clear()
+        batcher = MicroBatcher(score, max_rows=100, max_wait=1.0, connections=lambda: open_connections)
+        batcher.start()
+        started = time.perf_counter()
+        one = RequestRows({"x": ["a"]}, 1)
+        await asyncio.gather(*(batcher.submit("plain", one) for _ in range(3)))
+        await batcher.close()
+        return calls[0][2] - started
+
+    assert asyncio.run(scenario(3)) < 0.5 and calls[0][1] == 3  # all three clients: no wait
+    assert asyncio.run(scenario(4)) >= 0.99 and calls[0][1] == 3  # a 4th client might send
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -228,6 +249,51 @@ def test_the_real_server_scores_rows_and_shuts_down_gracefully(served, backend):
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     assert code == 0, server.stderr.read()
+
+
+def _wait_for_workers(base: str, server: subprocess.Popen, workers: int) -> dict:
+    """/health over new connections until each worker has answered; the last answer."""
+    pids, deadline = set(), time.time() + 90
+    while len(pids) < workers:
+        try:
+            health = httpx.get(f"{base}/health", timeout=1).json()
+            pids.add(health["pid"])
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None or time.time() > deadline:
+            raise AssertionError(f"{len(pids)} of {workers} workers answered: {server.communicate()}")
+        time.sleep(0.05)
+    return health
+
+
+def test_workers_share_one_port_and_their_metrics_and_stop_gracefully(served, tmp_path):
+    folder, raw, expected = served
+    port = _free_port()
+    scratch = tmp_path / "tmp"  # where the metrics folder goes (and must be gone after)
+    scratch.mkdir()
+    command = [sys.executable, "-m", "genctr", "serve", str(folder / "run"), "--port", str(port),
+               "--threads", "1", "--workers", "2"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "TMPDIR": str(scratch)}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        columns = _wait_for_workers(base, server, 2)["columns"]
+        assert len(list(scratch.iterdir())) == 1  # the workers' metrics folder
+        rows = request_rows(raw, columns, 64)
+        answers = [httpx.post(f"{base}/predict", json={"rows": rows[i:i + 8]}, timeout=10)
+                   for i in range(0, 64, 8)]  # a connection each: both workers answer some
+        scored = np.concatenate([a.json()["probabilities"] for a in answers])
+        np.testing.assert_allclose(scored, expected, atol=1e-6)
+        metrics = httpx.get(f"{base}/metrics", timeout=10).text
+        assert 'genctr_requests_total{endpoint="/predict",status="200"} 8.0' in metrics  # summed
+        assert "genctr_rows_scored_total 64.0" in metrics
+        second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in second.stdout + second.stderr
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=60)
+    assert code == 0, server.stderr.read()
+    assert list(scratch.iterdir()) == []  # the metrics folder removed, nothing else touched
 
 
 def test_strategies_fitted_at_start_are_served_per_request(served):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -266,19 +267,38 @@ def serve(run_dir: Path,
                                       "exported if missing or older than the weights)"),
           threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads of a "
                                                 "forward pass (torch and onnxruntime; default: "
-                                                "their own, one per core)"),
+                                                "their own, one per core; with --workers, the "
+                                                "cores shared out between the workers)"),
           freeze_gc: bool = typer.Option(True, "--freeze-gc/--no-freeze-gc", help="exempt what "
                                          "loads at start from Python's cyclic garbage collector "
                                          "(its full pauses otherwise scan it)"),
+          workers: int = typer.Option(1, "--workers", min=1, help="serving processes on one "
+                                      "port, each with its own copy of the run (one process "
+                                      "answers about one core's worth of requests)"),
+          listen_fd: Optional[int] = typer.Option(None, "--listen-fd", hidden=True,
+                                                  help="a worker: serve on this inherited socket"),
           device: str = Device) -> None:
     """HTTP scoring service over a saved run: POST /predict (raw rows), GET /health, GET /metrics."""
     from genctr.runs import load_run
     from genctr.serve.app import ServeOptions, create_app, run_server
     from genctr.serve.export import OnnxScorer, onnx_for_serving
     from genctr.serve.strategies import fit_strategies
+    from genctr.serve.workers import supervise
 
     if backend not in ("torch", "onnx"):
         raise ConfigError(f"--backend {backend!r}: choose torch or onnx")
+    if workers > 1:
+        if threads is None:  # one forward thread per core otherwise, in every worker
+            threads = max(1, (os.cpu_count() or 1) // workers)
+        worker_args = [str(run_dir), "--max-rows", str(max_rows), "--max-batch-rows", str(max_batch_rows),
+                       "--max-wait-ms", str(max_wait_ms), "--max-body-mb", str(max_body_mb),
+                       "--backend", backend, "--freeze-gc" if freeze_gc else "--no-freeze-gc",
+                       "--device", device, *(a for spec in inference for a in ("--inference", spec)),
+                       *(["--data-dir", str(data_dir)] if data_dir is not None else []),
+                       *(["--threads", str(threads)] if threads is not None else [])]
+        code = supervise(worker_args, workers, host, port, console.print)
+        console.print("stopped (requests in flight were answered)" if code == 0 else "stopped: a worker failed")
+        raise typer.Exit(code)
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
                            max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),
                            freeze_gc=freeze_gc)
@@ -293,9 +313,11 @@ def serve(run_dir: Path,
         if inference:  # the strategies' passes (with a drop mask) through onnxruntime too
             forward = OnnxScorer(onnx_for_serving(run, console.print, drop_input=True), threads).logits
     api = create_app(run, options, fit_strategies(run, inference, data_dir, console.print, forward), plain)
-    console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
-    run_server(api, host, port)
-    console.print("stopped (requests in flight were answered)")
+    if listen_fd is None:
+        console.print(f"serving {run_dir} on http://{host}:{port} (POST /predict, GET /health, GET /metrics)")
+    run_server(api, host, port, listen_fd)
+    if listen_fd is None:
+        console.print("stopped (requests in flight were answered)")
 
 
 @app.command("export")

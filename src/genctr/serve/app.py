@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -66,6 +68,7 @@ def create_app(run: Run, options: ServeOptions | None = None,
     categorical = [s.name for s in run.encoder.schema.fields if s.kind is not FieldKind.numeric]
 
     def score(key: Hashable, rows: RequestRows) -> tuple[np.ndarray, np.ndarray]:
+        start = time.perf_counter()
         split = encode_rows(run.encoder, rows.columns)
         for name in categorical:
             tokens = np.asarray(split.tokens[name])
@@ -78,6 +81,7 @@ def create_app(run: Run, options: ServeOptions | None = None,
         else:
             probability, cost = predict_with(strategies[key], run.model, split)
         metrics.rows.inc(len(probability))
+        metrics.batch_seconds.labels(key).observe(time.perf_counter() - start)
         return probability, cost
 
     batcher = MicroBatcher(score, options.max_batch_rows, options.max_wait_ms / 1000,
@@ -104,7 +108,7 @@ def create_app(run: Run, options: ServeOptions | None = None,
     @app.get("/health")
     async def health() -> dict[str, Any]:
         metrics.answered("/health", 200)
-        return {"status": "ok", "run": str(run.folder), "model": run.config.model_name,
+        return {"status": "ok", "run": str(run.folder), "model": run.config.model_name, "pid": os.getpid(),
                 "columns": reader.columns, "strategies": sorted(strategies)}
 
     @app.get("/metrics")
@@ -133,7 +137,7 @@ def create_app(run: Run, options: ServeOptions | None = None,
         metrics.latency.observe(time.perf_counter() - start)
 
     app.state.metrics = metrics
-    return PredictFirst(app, predict)
+    return PredictFirst(app, predict, batcher)
 
 
 class PredictFirst:
@@ -142,9 +146,10 @@ class PredictFirst:
     middleware layers cost about a third of a 1-row request's CPU, and /predict reads and
     answers its JSON itself anyway (to name the row and field of every error)."""
 
-    def __init__(self, app: FastAPI, predict: Callable) -> None:
+    def __init__(self, app: FastAPI, predict: Callable, batcher: MicroBatcher) -> None:
         self.app = app
         self.predict = predict
+        self.batcher = batcher
         self.state = app.state
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -210,7 +215,12 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def run_server(app: "PredictFirst", host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; requests in flight are finished (up to 30 s)."""
-    _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                           timeout_graceful_shutdown=30)).run()
+def run_server(app: "PredictFirst", host: str, port: int, fd: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; requests in flight are finished (up to 30 s). `fd`: accept
+    on this inherited listening socket instead (a worker of serve.workers; uvicorn's own `fd`
+    option takes it for a Unix socket, so TCP_NODELAY is never set and every answer waits
+    ~40 ms for the client's delayed ACK)."""
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    timeout_graceful_shutdown=30))
+    app.batcher.connections = lambda: len(server.server_state.connections)
+    server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])

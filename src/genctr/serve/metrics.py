@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import gc
+import os
 import time
 from typing import Any, Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+from genctr.serve.workers import METRICS_DIR_ENV
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = tuple(2.0 ** k for k in range(13))  # 1 .. 4096 rows
@@ -23,6 +26,9 @@ class ServeMetrics:
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_rows = Histogram("genctr_batch_rows", "Rows per forward pass (micro-batch)",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.batch_seconds = Histogram("genctr_batch_seconds", "Time to encode and score one "
+                                       "micro-batch, by inference strategy", ["inference"],
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
         self.rows = Counter("genctr_rows_scored", "Rows scored", registry=self.registry)
         self.unseen = Counter("genctr_unseen_values", "Values never seen in training (scored as "
                               "out-of-vocabulary), by field", ["field"], registry=self.registry)
@@ -50,4 +56,11 @@ class ServeMetrics:
         return lambda: gc.callbacks.remove(observe)
 
     def text(self) -> bytes:
+        """This process's metrics; a worker of `serve --workers` gives every worker's, summed
+        (prometheus_client's multiprocess mode: each process writes its values to a file in
+        the folder the environment names)."""
+        if os.environ.get(METRICS_DIR_ENV):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)
