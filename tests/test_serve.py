@@ -137,6 +137,8 @@ def _bad_requests(good: dict) -> list[tuple[str, object, int, str]]:
          "'uttsi@2.0' is not served; this server serves ['plain']"),
         ("budget out of range", {"rows": [good], "inference": {"strategy": "uttsi", "budget": 0.5}}, 422,
          "inference.budget"),
+        ("budget a boolean", {"rows": [good], "inference": {"strategy": "uttsi", "budget": True}}, 422,
+         "inference.budget"),
         ("bad inference", {"rows": [good], "inference": "uttsi"}, 422, "'inference' must be"),
     ]
 

@@ -8,6 +8,8 @@ that offers one loads the data once at start (`--data-dir` if it moved since tra
 
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +23,23 @@ from genctr.testtime.evaluate import STRATEGIES, frequency_index, make_inference
 from genctr.testtime.inference import Inference, InferenceOptions
 
 REQUEST_KEYS = {"strategy", "budget", "paths"}
+
+
+def _described(inference: dict) -> str:
+    """InferenceOptions.model_validate(inference).describe(), remembered per distinct request
+    object (a UTTSI request validated the whole options model each time: ~13 µs of the event
+    loop per request); keys carry the value types, so 2 and 2.0 are validated apart."""
+    try:
+        key = tuple(sorted((k, type(v).__name__, v) for k, v in inference.items()))
+        hash(key)
+    except TypeError:  # an unhashable value (a list, an object): validated, and refused, below
+        return InferenceOptions.model_validate(inference).describe()
+    return _described_key(key)
+
+
+@lru_cache(maxsize=256)
+def _described_key(key: tuple) -> str:
+    return InferenceOptions.model_validate({k: v for k, _, v in key}).describe()
 
 
 def parse_spec(spec: str) -> InferenceOptions:
@@ -74,8 +93,13 @@ def requested(inference: Any, served: dict[str, Inference]) -> str:
     if not isinstance(inference, dict) or set(inference) - REQUEST_KEYS:
         raise RequestError(422, "'inference' must be an object with 'strategy' and, for uttsi, "
                            "'budget' or, for matt/random/mcdropout, 'paths'", field="inference")
+    for key, value in inference.items():
+        if isinstance(value, bool):  # JSON true is not the number 1
+            raise RequestError(422, f"inference.{key}: {json.dumps(value)} is not a "
+                               f"{'strategy name' if key == 'strategy' else 'number'}",
+                               field=f"inference.{key}")
     try:
-        name = InferenceOptions.model_validate(inference).describe()
+        name = _described(inference)
     except ValueError as err:
         first = err.errors()[0] if hasattr(err, "errors") else {}
         where = ".".join(str(p) for p in first.get("loc", ())) or "strategy"
