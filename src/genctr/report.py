@@ -77,7 +77,7 @@ def serve_section(records: list[dict]) -> str:
         return ""
     def cell(r: dict) -> tuple:  # a cell's identity, in the table's order
         return (r["machine"], r["model"], r.get("freeze_gc", False), r["rows_per_request"],
-                r["backend"] != "torch", r["inference"], r["clients"])
+                r.get("workers", 1), r["backend"] != "torch", r["inference"], r["clients"])
 
     def measurement(r: dict) -> tuple:  # the repeats of one cell at one commit and setting
         return cell(r) + (r["commit"], r.get("run"), r.get("max_wait_ms", 2.0), r.get("threads"))
@@ -96,15 +96,17 @@ def serve_section(records: list[dict]) -> str:
              "re-measures some cells; each row is the newest measurement of its cell on the machine it "
              "names: compare rows of one machine only; n > 1: `--repeat`, the median of n "
              "measurements in a row, with the range). The load generator shares the machine's cores "
-             "with the server. Runs on ml1m-ctr. UTTSI runs the torch model only. GC frozen: the "
+             "with the server. Runs on ml1m-ctr. Workers: serving processes on the port (`--workers`; "
+             "RSS is theirs together). Backend onnx: plain and UTTSI passes through onnxruntime "
+             "(UTTSI's since 79c4ff8, before: the torch model). GC frozen: the "
              "server froze the garbage collector over what it loaded (`--freeze-gc`, the default "
              "since 7adeb9e; blank: measured before the option existed, so not frozen); full GC "
              "pauses: the collector's generation-2 pauses during the cell (count, total ms).",
              "",
-             "| model | backend | inference | micro-batch wait ms | threads | GC frozen | rows/request | "
-             "clients | requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | "
+             "| model | backend | inference | micro-batch wait ms | threads | workers | GC frozen | "
+             "rows/request | clients | requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | "
              "server RSS MB (start → end) | n | commit | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(newest):
         group = newest[key]
         r = group[-1]
@@ -123,7 +125,7 @@ def serve_section(records: list[dict]) -> str:
         pauses = (f"{sum(f['count'] for f in full):.0f} ({1000 * sum(f['seconds'] for f in full):.0f})"
                   if all(full) else "")
         lines.append(f"| {r['model']} | {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | "
-                     f"{threads} | {frozen} | {r['rows_per_request']} | {r['clients']} | "
+                     f"{threads} | {r.get('workers', 1)} | {frozen} | {r['rows_per_request']} | {r['clients']} | "
                      f"{mid('requests_per_s'):,.0f}{spread('requests_per_s', ',.0f')} | "
                      f"{mid('rows_per_s'):,.0f} | {mid('latency_ms_p50'):.2f} | "
                      f"{mid('latency_ms_p99'):.2f}{spread('latency_ms_p99', '.2f')} | {pauses} | "

@@ -222,5 +222,5 @@ def run_server(app: "PredictFirst", host: str, port: int, fd: int | None = None)
     ~40 ms for the client's delayed ACK)."""
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     timeout_graceful_shutdown=30))
-    app.batcher.connections = lambda: len(server.server_state.connections)
+    app.batcher.connections = lambda: len(server.server_state.connections)  # open, right now
     server.run(sockets=None if fd is None else [socket.socket(fileno=fd)])

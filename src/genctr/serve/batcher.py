@@ -1,13 +1,14 @@
 """Dynamic micro-batching: concurrent requests share one forward pass.
 
 The first waiting request opens a batch; requests that arrive within `max_wait` seconds join it
-until it holds `max_rows` rows, or until every open connection has a request in it (`connections`:
-a client waits for its answer before it sends again, so waiting longer only delays the batch; on
-a 2-core VM with 8 clients the full wait was ~2 ms of every ~5 ms cycle). Requests with different scoring keys (inference strategies) are
-never mixed. The forward pass runs in one worker thread, so the event loop keeps accepting
-requests while the model computes, and the model never runs twice at once. Waiting for company
-costs no task, timer exception or garbage per request: the batcher sleeps on an event that the
-next submission (or the deadline) sets.
+until it holds `max_rows` rows, or until every open connection has a request in it
+(`connections`: a client waits for its answer before it sends again, so waiting longer only
+delays the batch; on a 2-core VM with 8 clients the full wait was ~2 ms of every ~5 ms cycle).
+Requests with different scoring keys (inference strategies) are never mixed. The forward pass
+runs in one worker thread, so the event loop keeps accepting requests while the model computes,
+and the model never runs twice at once. Waiting for company costs no task, timer exception or
+garbage per request: the batcher sleeps on an event that the next submission (or the deadline)
+sets.
 """
 
 from __future__ import annotations
