@@ -398,20 +398,3 @@ def test_a_run_loaded_on_cuda_serves_and_predicts_like_the_cpu(served, tmp_path)
     predict_file(run, folder / "rows.csv", tmp_path / "scored.csv", log=lambda line: None)  # genctr predict
     np.testing.assert_allclose(pl.read_csv(tmp_path / "scored.csv")["probability"].to_numpy(), expected, atol=1e-5)
 
-
-def test_the_serve_report_keeps_worker_counts_apart_and_takes_the_median_of_repeats():
-    from genctr.report import serve_section
-
-    def record(workers, repeat, p99):
-        return {"task": "serve", "tool": "genctr", "model": "dcnv2", "backend": "onnx",
-                "inference": "plain", "rows_per_request": 1, "clients": 8, "requests_per_s": 1000.0 * p99,
-                "rows_per_s": 1000.0 * p99, "latency_ms_p50": 1.0, "latency_ms_p99": p99, "errors": 0,
-                "duration_s": 60, "rss_start_mb": 100.0, "rss_end_mb": 101.0, "commit": "abc",
-                "machine": "m", "max_wait_ms": 2.0, "threads": 1, "freeze_gc": True,
-                "workers": workers, "repeat": repeat}
-
-    table = serve_section([record(1, 1, 7.0), record(1, 2, 9.0), record(1, 3, 8.0), record(2, 1, 4.0)])
-    rows = [line for line in table.splitlines() if line.startswith("| dcnv2")]
-    assert len(rows) == 2
-    assert "| 1 | yes | 1 | 8 | 8,000 (7,000-9,000) |" in rows[0] and "| 8.00 (7.00-9.00) |" in rows[0]
-    assert "| 2 | yes | 1 | 8 | 4,000 |" in rows[1] and "| 4.00 |" in rows[1]
