@@ -245,8 +245,27 @@ def predict(run_dir: Path, input_file: Path, output_file: Path,
                   f"{output_file}.unseen.json)")
 
 
+def _command_line(context: typer.Context, leave_out: set[str], overrides: dict[str, Any]) -> list[str]:
+    """The running command's arguments and options as a command line (how `serve --workers`
+    starts its workers with its own settings): every parameter the command declares is passed
+    on, so an option added to it later is never left behind."""
+    line: list[str] = []
+    for param in context.command.params:
+        value = overrides.get(param.name, context.params[param.name])
+        if param.name in leave_out or value is None:
+            continue
+        if param.param_type_name == "argument":  # typer's own click: no isinstance to test
+            line.append(str(value))
+        elif param.is_flag:
+            line += [param.opts[0]] if value else param.secondary_opts[:1]
+        else:
+            for item in value if param.multiple else [value]:
+                line += [param.opts[0], str(item)]
+    return line
+
+
 @app.command()
-def serve(run_dir: Path,
+def serve(context: typer.Context, run_dir: Path,
           host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
           port: int = typer.Option(8000, "--port", min=0, max=65535),
           max_rows: int = typer.Option(4096, "--max-rows", min=1, help="rows in one request"),
@@ -290,14 +309,11 @@ def serve(run_dir: Path,
     if workers > 1:
         if threads is None:  # one forward thread per core otherwise, in every worker
             threads = max(1, (os.cpu_count() or 1) // workers)
-        worker_args = [str(run_dir), "--max-rows", str(max_rows), "--max-batch-rows", str(max_batch_rows),
-                       "--max-wait-ms", str(max_wait_ms), "--max-body-mb", str(max_body_mb),
-                       "--backend", backend, "--freeze-gc" if freeze_gc else "--no-freeze-gc",
-                       "--device", device, *(a for spec in inference for a in ("--inference", spec)),
-                       *(["--data-dir", str(data_dir)] if data_dir is not None else []),
-                       *(["--threads", str(threads)] if threads is not None else [])]
+        worker_args = _command_line(context, leave_out={"host", "port", "workers", "listen_fd"},
+                                    overrides={"threads": threads})
         code = supervise(worker_args, workers, host, port, console.print)
-        console.print("stopped (requests in flight were answered)" if code == 0 else "stopped: a worker failed")
+        console.print("stopped (requests in flight were answered)" if code == 0
+                      else "stopped: a worker failed")
         raise typer.Exit(code)
     options = ServeOptions(max_rows=max_rows, max_batch_rows=max_batch_rows,
                            max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024),

@@ -61,8 +61,8 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def supervise(worker_args: list[str], workers: int, host: str, port: int,
               log: Callable[[str], None]) -> int:
     """Start `workers` processes of `genctr serve <worker_args> --listen-fd FD`, each on its own
-    socket bound to the port, and wait for them; returns the exit status (0 when stopped by a signal and every worker
-    shut down gracefully)."""
+    socket bound to the port, and wait for them; returns the exit status (0 when stopped by a
+    signal and every worker shut down gracefully)."""
     if not hasattr(socket, "SO_REUSEPORT"):
         raise GenctrError("--workers needs SO_REUSEPORT (Linux, macOS, BSD); serve with one worker")
     port = free_address(host, port)
@@ -82,8 +82,8 @@ def supervise(worker_args: list[str], workers: int, host: str, port: int,
 
     originals = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        children.extend(subprocess.Popen([*command, str(sock.fileno())], pass_fds=(sock.fileno(),), env=env)
-                        for sock in sockets)
+        children.extend(subprocess.Popen([*command, str(sock.fileno())], pass_fds=(sock.fileno(),),
+                                         env=env) for sock in sockets)
         log(f"{workers} workers (pids {', '.join(str(c.pid) for c in children)}) on http://{host}:{port}")
         for sock in sockets:
             sock.close()  # each worker holds its own
