@@ -48,6 +48,13 @@ def test_sketch_never_undercounts_and_its_lower_bound_holds(width):
     assert np.all(lower <= upper) and lower.sum() < counts.sum()
     top = np.argsort(-counts)[:20]  # heavy hitters from the first chunk on: exact
     assert np.array_equal(estimate[top], counts[top]) and np.array_equal(lower[top], counts[top])
+    unseen = np.arange(1, 1001, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    whole = FrequencyCounter(depth=5, width=width, heavy_hitters=10 ** 6)  # holds every key
+    whole.add(stream)
+    for one in (counter, whole):  # the served lookup's estimate is bounds()' to the last key
+        asked = np.concatenate([keys, unseen])
+        np.testing.assert_array_equal(one.estimate(asked), one.bounds(asked)[1])
+    assert counter.heavy.overflowed and not whole.heavy.overflowed
 
 
 def test_merged_shards_equal_the_index_built_on_the_union(small_synthetic):
@@ -103,6 +110,24 @@ def test_an_orders_keys_hashed_at_once_equal_one_hash_per_combination(small_synt
             one = combine(order * 1_000_000 + i, [values[name] for name in combo])
             np.testing.assert_array_equal(keys[order][:, i], one)
     assert keys[3].shape == (len(small_synthetic.splits["test"]), 1)
+
+
+def test_a_small_batchs_list_values_from_the_memo_equal_the_hashed_sets(monkeypatch):
+    import genctr.testtime.index as index_module
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 30, (40, 5)).astype(np.int32)
+    tokens[rng.random(tokens.shape) < 0.3] = 0  # padding
+    hashed = index_module._hash_sets(tokens)
+    monkeypatch.setattr(index_module, "MEMO_SETS", 36)  # the third batch starts it over
+    monkeypatch.setattr(index_module, "_SET_VALUES", {})
+    for batch in (tokens[:8], tokens[:8], tokens[8:], tokens[::-1][:8]):  # new, known, evicted
+        expected = index_module._hash_sets(batch)
+        np.testing.assert_array_equal(field_value_column(batch), expected)
+        assert len(index_module._SET_VALUES) <= 36
+    np.testing.assert_array_equal(field_value_column(tokens[:8, ::-1]), hashed[:8])  # a set: any order
+    assert np.array_equal(field_value_column(tokens), hashed)  # more rows than MEMO_ROWS: hashed
+    assert len(np.unique(hashed)) > 30  # distinct sets get distinct values: the test has teeth
 
 
 @pytest.mark.parametrize("table_tokens", [1 << 20, 100])  # every combination that can be, or a few

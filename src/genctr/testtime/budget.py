@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Callable
-
 import numpy as np
 import torch
 
@@ -49,27 +47,43 @@ def _mean_cost(ascending: np.ndarray, threshold: float, max_extra: int, gain: fl
     sorted rows found by binary search. Rows within BOUNDARY_SLACK of a boundary are decided by
     extra_paths' own expression in the array's dtype, so the sum is its to the last row. A
     refit's ~40 bisection steps then cost microseconds each instead of a pass over the window
-    (a 1-row request's batch used to pay ~2 ms for a refit)."""
+    (a 1-row request's batch used to pay ~2 ms for a refit). Plain Python per level: the
+    bisection's late steps probe next to a row, and numpy's call overhead on that one row
+    was most of a served refit."""
     rows = len(ascending)
     if rows == 0:
         return 1.0
     values = ascending.tolist() if values is None else values
     span = max(1.0 - threshold, 1e-9)
     slope = gain * max_extra
-    total = _rows_past(ascending, values, threshold, lambda near: near >= threshold)
-    for level in range(1, max_extra):
-        total += _rows_past(ascending, values, threshold + level * span / slope,
-                            lambda near: slope * (near - threshold) / span > level)
+    total = 0
+    for level in range(max_extra):
+        boundary = threshold + level * span / slope  # level 0: the threshold itself
+        first = bisect.bisect_left(values, boundary - BOUNDARY_SLACK)
+        if first == rows:
+            break  # past every row: so are the higher levels' boundaries
+        last = bisect.bisect_right(values, boundary + BOUNDARY_SLACK, lo=first)
+        total += rows - last
+        if last > first:
+            total += _near_rows_past(ascending[first:last] if last - first > NEAR_SCALARS
+                                     else [ascending[row] for row in range(first, last)],
+                                     threshold, level, slope, span)
     return 1 + total / rows
 
 
-def _rows_past(ascending: np.ndarray, values: list[float], boundary: float,
-               holds: Callable[[np.ndarray], np.ndarray]) -> int:
-    """How many of the sorted rows a monotone condition `holds`, true past `boundary`, holds for."""
-    first = bisect.bisect_left(values, boundary - BOUNDARY_SLACK)
-    last = bisect.bisect_right(values, boundary + BOUNDARY_SLACK, lo=first)
-    near = int(holds(ascending[first:last]).sum()) if last > first else 0
-    return len(values) - last + near
+NEAR_SCALARS = 8  # up to this many rows next to a boundary are decided one numpy scalar each
+
+
+def _near_rows_past(near, threshold: float, level: int, slope: float, span: float) -> int:
+    """How many of the rows next to a level's boundary (numpy values of the window's dtype:
+    an array, or a list of its scalars, which compute alike) get more than `level` paths:
+    extra_paths' own expression."""
+    if level == 0:
+        return int(sum(value >= threshold for value in near)) if isinstance(near, list) \
+            else int((near >= threshold).sum())
+    if isinstance(near, list):
+        return int(sum(slope * (value - threshold) / span > level for value in near))
+    return int((slope * (near - threshold) / span > level).sum())
 
 
 def fit_threshold(uncertainty: np.ndarray, budget: float, max_extra: int) -> float:

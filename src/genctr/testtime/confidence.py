@@ -19,7 +19,7 @@ reference above.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -71,15 +71,33 @@ def reference_count(index: FrequencyIndex, order: int, options: ConfidenceOption
     return np.full(combinations, np.interp(options.quantile, QUANTILES, index.reference_quantiles[order]))
 
 
-def to_confidence(counts: np.ndarray, reference: np.ndarray, scale: str) -> np.ndarray:
-    """counts [N, C], reference [C] -> confidences in [0, 1]; a reference of 0 gives 1."""
-    reference = np.maximum(reference, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if scale == "log":
-            value = np.log1p(counts) / np.log1p(reference)
-        else:
-            value = counts / reference
-    return np.where(reference > 0, np.minimum(value, 1.0), 1.0).astype(np.float32)
+class ConfidenceScale(NamedTuple):
+    """Per order, what each combination's count is divided by (log(1 + n_ref), or n_ref on the
+    linear scale; 1 where n_ref <= 0) and which have n_ref <= 0 (confidence 1): fixed for an
+    index and options, so a strategy works it out once, not per served request."""
+
+    denominators: dict[int, np.ndarray]  # [C] float64
+    trusted: dict[int, np.ndarray]  # [C] bool
+
+
+def confidence_scale(index: FrequencyIndex, options: ConfidenceOptions) -> ConfidenceScale:
+    denominators, trusted = {}, {}
+    for order, combos in index.combos.items():
+        if combos:
+            reference = np.maximum(reference_count(index, order, options), 0.0)
+            trusted[order] = reference <= 0
+            scaled = np.log1p(reference) if options.scale == "log" else reference
+            denominators[order] = np.where(trusted[order], 1.0, scaled)
+    return ConfidenceScale(denominators, trusted)
+
+
+def to_confidence(counts: np.ndarray, order: int, scale: ConfidenceScale, kind: str) -> np.ndarray:
+    """counts [N, C] of the order's combinations -> confidences in [0, 1] (`kind`: log or linear)."""
+    value = (np.log1p(counts) if kind == "log" else counts) / scale.denominators[order]
+    np.minimum(value, 1.0, out=value)
+    if scale.trusted[order].any():
+        value[:, scale.trusted[order]] = 1.0
+    return value.astype(np.float32)
 
 
 MIN_COUNT_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
@@ -90,18 +108,25 @@ def value_confidence(counts: np.ndarray, min_count: float) -> np.ndarray:
     return np.minimum(np.log1p(counts) / np.log1p(min_count), 1.0).astype(np.float32)
 
 
-def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions) -> Confidence:
-    frequencies = index.frequencies(tokens)
-    per_order = {order: to_confidence(counts, reference_count(index, order, options), options.scale)
-                 for order, counts in frequencies.items()}
+def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions,
+               scale: ConfidenceScale | None = None) -> Confidence:
+    """Each row's confidences (`scale`: confidence_scale(index, options), when kept)."""
+    scale = scale or confidence_scale(index, options)
+    values = index.value_columns(tokens)
+    counts = index.order_frequencies(1, values)
     if options.level == "value":
         if options.min_count is None:
             raise ConfigError("confidence.level value: min_count is unset and was not fitted "
                               "(set confidence.min_count, or fit the strategy on valid first)")
-        per_order[1] = value_confidence(frequencies[1], options.min_count)
-    rows = len(next(iter(tokens.values())))
-    fields = np.ones((rows, len(index.all_fields)), dtype=np.float32)
+        per_order = {1: value_confidence(counts, options.min_count)}
+    else:
+        per_order = {1: to_confidence(counts, 1, scale, options.scale)}
+    fields = np.ones((len(values), len(index.all_fields)), dtype=np.float32)
     fields[:, index.field_positions()] = per_order[1]
+    for order in index.combos:
+        if order != 1 and index.combos[order]:
+            per_order[order] = to_confidence(index.order_frequencies(order, values), order, scale,
+                                             options.scale)
     used = [per_order[o].mean(axis=1) for o in options.orders if o in per_order]
-    prior = np.mean(used, axis=0) if used else np.ones(rows, dtype=np.float32)
+    prior = np.mean(used, axis=0) if used else np.ones(len(values), dtype=np.float32)
     return Confidence(fields, per_order, prior.astype(np.float32))

@@ -24,7 +24,7 @@ from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.nn.embedding import FieldInfo
 from genctr.schema import FieldKind, Strict
-from genctr.testtime.sketch import FrequencyCounter, combine
+from genctr.testtime.sketch import FrequencyCounter, combination_seed, combine_seeded
 
 INDEX_FILE = "frequency_index.npz"
 INDEX_FORMAT = 2  # 2: heavy hitters kept out of the sketch; files of another format are rebuilt
@@ -44,7 +44,7 @@ class TokenTable(NamedTuple):
     offsets: np.ndarray  # [T]
     estimates: np.ndarray  # float64, every tabulated combination's entries, concatenated
     hashed: np.ndarray  # the other combinations [H]: hashed and counted per request
-    hashed_ids: np.ndarray  # their combination ids [H]
+    hashed_seeds: np.ndarray  # their keys' seeds [H] (combination_seed)
     hashed_columns: list[np.ndarray]  # per member j [H]
 
 
@@ -76,11 +76,33 @@ def tokens_of(source: EncodedSplit | Batch, rows: slice | np.ndarray | None = No
 
 
 def field_value_column(tokens: np.ndarray) -> np.ndarray:
-    """int64-like [N]: a field's value; a multi field's token set [N, L] hashed order-free."""
+    """int64-like [N]: a field's value; a multi field's token set [N, L] hashed order-free.
+    A served request's few sets are looked up in a memo of sets already hashed (a list field's
+    sets are mostly a catalogue's: an item's genres), as hashing them takes L + 1 numpy passes."""
     if tokens.ndim == 1:
         return tokens
+    if len(tokens) > MEMO_ROWS:
+        return _hash_sets(tokens)
+    sets = [tuple(row) for row in tokens.tolist()]
+    known = [_SET_VALUES.get(one) for one in sets]
+    if None not in known:
+        return np.array(known, dtype=np.int64)
+    hashed = _hash_sets(tokens)
+    if len(_SET_VALUES) + len(sets) > MEMO_SETS:
+        _SET_VALUES.clear()
+    _SET_VALUES.update(zip(sets, hashed.tolist()))
+    return hashed
+
+
+def _hash_sets(tokens: np.ndarray) -> np.ndarray:
     ordered = np.sort(tokens, axis=1)  # a set: the same tokens in any order give one value
-    return combine(-1, [ordered[:, i] for i in range(ordered.shape[1])]).view(np.int64)
+    return combine_seeded(_SET_SEED, [ordered[:, i] for i in range(ordered.shape[1])]).view(np.int64)
+
+
+_SET_SEED = combination_seed(-1)  # a list field's token sets
+MEMO_ROWS = 64  # batches up to this many rows look their sets up in the memo
+MEMO_SETS = 1 << 16  # the memo starts over when it would hold more sets (~10 MB)
+_SET_VALUES: dict[tuple[int, ...], int] = {}  # a token row (padding included) -> its set's value
 
 
 class FrequencyIndex:
@@ -117,22 +139,23 @@ class FrequencyIndex:
     # ------------------------------------------------------------------ building
     def keys_of(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> uint64 [N, C] keys of every combination of that order."""
-        values = self._value_columns(tokens)
+        values = self.value_columns(tokens)
         keys = {}
-        for order, (ids, columns) in self._combination_layout().items():
+        for order, (seeds, columns) in self._combination_layout().items():
             # all combinations of an order at once: member j of each in column j
-            keys[order] = combine(ids, [values[:, column] for column in columns])
+            keys[order] = combine_seeded(seeds, [values[:, column] for column in columns])
         return keys
 
-    def _value_columns(self, tokens: Tokens) -> np.ndarray:
+    def value_columns(self, tokens: Tokens) -> np.ndarray:
         """int64 [N, C1]: each indexed field's value (token, or a list field's hashed set)."""
         return np.stack([field_value_column(tokens[name]) for name in self.names], axis=1)
 
     def _combination_layout(self) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
-        """order -> (combination ids [C], for each member j the indexed-field column of every
-        combination's j-th member [C]); kept, as every scored batch asks."""
+        """order -> (its combinations' key seeds [C] (combination_seed of their ids), for each
+        member j the indexed-field column of every combination's j-th member [C]); kept, as
+        every scored batch asks."""
         if "_layout" not in self.__dict__:
-            self._layout = {order: (np.array([self._combo_id(order, i) for i in range(len(combos))]),
+            self._layout = {order: (combination_seed([self._combo_id(order, i) for i in range(len(combos))]),
                                     list(self.pair_members(order).T))
                             for order, combos in self.combos.items() if combos}
         return self._layout
@@ -198,20 +221,20 @@ class FrequencyIndex:
 
     def frequencies(self, tokens: Tokens) -> dict[int, np.ndarray]:
         """order -> float64 [N, C]: estimated training count of each row's combinations
-        (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3).
-        Orders 1 and 2 read combinations of single-valued fields from per-token tables
-        (`_token_table`): the same estimates, without a hash and eight scattered sketch reads
-        per key (a served request's lookups are most of its confidence cost)."""
-        values = self._value_columns(tokens)
-        out = {}
-        for order, (ids, columns) in self._combination_layout().items():
-            if order <= 2 and self.rows:  # counted: the tables are built once, from final counts
-                out[order] = self._tabled_counts(self._token_table(order), order, values)
-                continue
-            keys = combine(ids, [values[:, column] for column in columns])
-            _, estimate, _ = self.count(order, keys.ravel())
-            out[order] = estimate.reshape(keys.shape).astype(np.float64)
-        return out
+        (C = indexed fields at order 1, their pairs at order 2, the chosen triples at 3)."""
+        values = self.value_columns(tokens)
+        return {order: self.order_frequencies(order, values) for order in self._combination_layout()}
+
+    def order_frequencies(self, order: int, values: np.ndarray) -> np.ndarray:
+        """float64 [N, C]: one order's estimated counts from the rows' value_columns. Orders 1
+        and 2 read combinations of single-valued fields from per-token tables (`_token_table`):
+        the same estimates, without a hash and eight scattered sketch reads per key (a served
+        request's lookups are most of its confidence cost)."""
+        if order <= 2 and self.rows:  # counted: the tables are built once, from final counts
+            return self._tabled_counts(self._token_table(order), order, values)
+        seeds, columns = self._combination_layout()[order]
+        keys = combine_seeded(seeds, [values[:, column] for column in columns])
+        return self.counters[order].estimate(keys.ravel()).reshape(keys.shape).astype(np.float64)
 
     def _tabled_counts(self, table: TokenTable, order: int, values: np.ndarray) -> np.ndarray:
         """float64 [N, C]: the order's estimates, from its token table where it has the
@@ -223,8 +246,8 @@ class FrequencyIndex:
                 position += values[:, table.tabled_columns[member]] * table.strides[member]
             counts[:, table.tabled] = table.estimates[position]
         if len(table.hashed):  # list fields (a hashed set each) and combinations too large to table
-            keys = combine(table.hashed_ids, [values[:, column] for column in table.hashed_columns])
-            counts[:, table.hashed] = self.count(order, keys.ravel())[1].reshape(keys.shape)
+            keys = combine_seeded(table.hashed_seeds, [values[:, column] for column in table.hashed_columns])
+            counts[:, table.hashed] = self.counters[order].estimate(keys.ravel()).reshape(keys.shape)
         return counts
 
     def _token_table(self, order: int) -> TokenTable:
@@ -234,31 +257,34 @@ class FrequencyIndex:
         vocabularies)."""
         tables = self.__dict__.setdefault("_tables", {})
         if order not in tables:
-            ids, columns = self._combination_layout()[order]
+            seeds, columns = self._combination_layout()[order]
             sizes = [[self.fields[m].vocab_size for m in row] for row in self.pair_members(order).tolist()]
             tabled, total = [], 0
-            for c in sorted(range(len(ids)), key=lambda c: math.prod(sizes[c])):
+            for c in sorted(range(len(seeds)), key=lambda c: math.prod(sizes[c])):
                 entries = math.prod(sizes[c])
                 single_valued = not any(self.fields[column[c]].is_list for column in columns)
                 if single_valued and total + entries <= TOKEN_TABLE_TOKENS:
                     tabled.append(c)
                     total += entries
             grids = [list(np.indices(sizes[c]).reshape(order, -1)) for c in tabled]  # every token tuple
-            parts = [self.count(order, combine(ids[c], grid))[1] for c, grid in zip(tabled, grids)]
+            parts = [self.counters[order].estimate(combine_seeded(seeds[c:c + 1], grid))
+                     for c, grid in zip(tabled, grids)]
             tabled = np.array(tabled, dtype=np.int64)
-            hashed = np.setdiff1d(np.arange(len(ids)), tabled)
+            hashed = np.setdiff1d(np.arange(len(seeds)), tabled)
             tables[order] = TokenTable(
                 tabled, [column[tabled] for column in columns],
                 [np.array([math.prod(sizes[c][j + 1:]) for c in tabled.tolist()], dtype=np.int64)
                  for j in range(order)],
                 np.cumsum([0, *(math.prod(sizes[c]) for c in tabled.tolist())])[:-1].astype(np.int64),
                 np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
-                hashed, ids[hashed], [column[hashed] for column in columns])
+                hashed, seeds[hashed], [column[hashed] for column in columns])
         return tables[order]
 
     def field_positions(self) -> np.ndarray:
-        """int [C1]: the position of each indexed field among all the model's fields."""
-        return np.array([self.all_fields.index(f.name) for f in self.fields])
+        """int [C1]: the position of each indexed field among all the model's fields (kept)."""
+        if "_field_positions" not in self.__dict__:
+            self._field_positions = np.array([self.all_fields.index(f.name) for f in self.fields])
+        return self._field_positions
 
     def pair_members(self, order: int) -> np.ndarray:
         """int [C, order]: positions (among indexed fields) of each combination's members

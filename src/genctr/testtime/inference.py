@@ -33,7 +33,8 @@ from genctr.nn.blocks import Dropout
 from genctr.nn.embedding import NeutralMode
 from genctr.schema import Strict
 from genctr.runtime import model_device, move_batch
-from genctr.testtime.confidence import MIN_COUNT_GRID, Confidence, ConfidenceOptions, confidence
+from genctr.testtime.confidence import (MIN_COUNT_GRID, Confidence, ConfidenceOptions, ConfidenceScale,
+                                        confidence, confidence_scale)
 from genctr.testtime.index import FrequencyIndex, IndexOptions, tokens_of
 from genctr.testtime.paths import (path_weights, sample_confidence_paths, sample_random_paths,
                                    tile_batch)
@@ -140,6 +141,7 @@ class Inference:
             raise ConfigError("inference impute: denoiser is a uttsi option and needs the run's "
                               "pre-trained denoiser (a run fine-tuned from a pre-training)")
         self.confidence_options = options.confidence  # fit() may fill in min_count
+        self._scale: tuple[ConfidenceOptions, ConfidenceScale] | None = None  # for those options
         self.generator = torch.Generator().manual_seed(options.seed)
         if self.uses_index and index is None:
             raise ConfigError(f"inference strategy '{options.strategy}' needs a FrequencyIndex")
@@ -191,7 +193,10 @@ class Inference:
         return logits.view(paths, rows)
 
     def confidence(self, batch: Batch) -> Confidence:
-        return confidence(self.index, tokens_of(batch, fields=self.index.names), self.confidence_options)
+        if self._scale is None or self._scale[0] is not self.confidence_options:
+            self._scale = self.confidence_options, confidence_scale(self.index, self.confidence_options)
+        return confidence(self.index, tokens_of(batch, fields=self.index.names),
+                          self.confidence_options, self._scale[1])
 
     def predict(self, model: CTRModel, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         prob = torch.sigmoid(self.logits(model, batch)).numpy()

@@ -28,14 +28,27 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> _S31)
 
 
+def combination_seed(combination: int | np.ndarray) -> np.ndarray:
+    """uint64 [C]: the start of the keys of combination ids [C] (or of one id), before any
+    token is mixed in (`combine_seeded`; an index keeps its combinations' seeds)."""
+    ids = np.atleast_1d(np.asarray(combination, dtype=np.int64))
+    return mix64((ids + 1).astype(np.uint64) * _GOLDEN)
+
+
 def combine(combination: int | np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
     """uint64 keys of token columns; order matters. One combination id and columns int [N]
     give keys [N]; ids [C] and columns int [N, C] (member j of every combination in column
     j) give [N, C], the same keys as one call per combination in a few vectorised steps."""
-    ids = np.atleast_1d(np.asarray(combination, dtype=np.int64))
-    key = mix64(np.broadcast_to((ids + 1).astype(np.uint64) * _GOLDEN, columns[0].shape))
+    return combine_seeded(combination_seed(combination), columns)
+
+
+def combine_seeded(seed: np.ndarray, columns: list[np.ndarray]) -> np.ndarray:
+    """combine() from the combinations' seeds [C] (combination_seed)."""
+    if not columns:
+        return np.broadcast_to(seed, seed.shape).copy()
+    key = seed
     for column in columns:
-        key = mix64(key ^ (column.astype(np.int64).astype(np.uint64) + _GOLDEN))
+        key = mix64(key ^ (column.astype(np.uint64) + _GOLDEN))  # int -> uint64: modulo 2^64
     return key
 
 
@@ -73,9 +86,13 @@ class CountMinSketch:
         upper (also the estimate): the smallest counter, never below the true count. lower:
         upper − ⌈e·N/width⌉, below the true count with probability at least 1 − e^−depth.
         """
-        upper = self.table[np.arange(self.depth)[:, None], self._columns(keys)].min(axis=0)
+        upper = self.upper(keys)
         lower = np.maximum(upper - self.error_bound(), 0)
         return lower, upper.copy(), upper
+
+    def upper(self, keys: np.ndarray) -> np.ndarray:
+        """int64 [N]: the smallest of each key's counters (bounds()' upper bound and estimate)."""
+        return self.table[np.arange(self.depth)[:, None], self._columns(keys)].min(axis=0)
 
     def count_mean_min(self, keys: np.ndarray) -> np.ndarray:
         """Count-mean-min: each row's counter minus that row's expected collision noise
@@ -171,6 +188,18 @@ class FrequencyCounter:
         """Count a chunk of keys (one per occurrence)."""
         unique, counts = np.unique(keys, return_counts=True)
         self.sketch.add(*self.heavy.update(unique, counts.astype(np.int64), self.sketch))
+
+    def estimate(self, keys: np.ndarray) -> np.ndarray:
+        """int64 [N]: bounds()' estimate alone, in fewer steps (a served request's lookups):
+        a counter that never overflowed holds every key seen and nothing in its sketch."""
+        found, position = self.heavy.find(keys)
+        if not self.heavy.overflowed:
+            return np.where(found, self.heavy.counts[position], 0) if len(self.heavy.keys) \
+                else np.zeros(len(keys), dtype=np.int64)
+        upper = self.sketch.upper(keys)
+        at = position[found]
+        upper[found] = self.heavy.counts[at] + np.minimum(self.heavy.prior_upper[at], upper[found])
+        return upper
 
     def bounds(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lower, estimate, upper) int64 [N]."""
