@@ -1,5 +1,6 @@
 """FrequencyIndex bounds and merging, MATT and UTTSI semantics, neutral embeddings, the CLI."""
 
+import itertools
 import math
 
 import numpy as np
@@ -202,24 +203,27 @@ def test_paths_with_all_confidences_one_drop_nothing(small_synthetic, trained):
     assert not drops.any()
 
 
-def test_the_small_batch_walk_draws_the_same_paths_as_the_combination_walk(
-        small_synthetic, trained, monkeypatch):
-    import genctr.testtime.paths as paths_module
-
+def test_the_compiled_walk_draws_the_paths_of_the_walk_written_out(small_synthetic, trained):
     index = frequency_index(small_synthetic, IndexOptions(order3="all"), trained.folder)
     matt = make_inference(InferenceOptions(strategy="matt"), index=index)
+    num_fields = trained.model.embedding.num_fields
     for rows, paths in ((1, 1), (3, 2), (8, 4), (40, 3)):
         batch = batch_of(small_synthetic.splits["test"], slice(0, rows))
         conf = matt.confidence(batch)
         assert set(conf.orders) >= {2, 3}
-        base = torch.rand(rows, trained.model.embedding.num_fields,
-                          generator=torch.Generator().manual_seed(rows)) < 0.1
-        drawn = {}
-        for small_walk in (10 ** 9, 0):  # every walk entry by entry, then combination by combination
-            monkeypatch.setattr(paths_module, "SMALL_WALK", small_walk)
-            drawn[small_walk] = sample_confidence_paths(conf, index, paths, torch.Generator().manual_seed(1),
-                                                        base_drop=base)
-        assert torch.equal(drawn[10 ** 9], drawn[0]) and drawn[0].any() and not drawn[0].all()
+        base = torch.rand(rows, num_fields, generator=torch.Generator().manual_seed(rows)) < 0.1
+        drawn = sample_confidence_paths(conf, index, paths, torch.Generator().manual_seed(1), base_drop=base)
+        generator = torch.Generator().manual_seed(1)  # the same draws, in the same order
+        kept = ((torch.rand(paths, rows, num_fields, generator=generator).numpy() < conf.fields)
+                & ~base.numpy()).tolist()  # the filtered fields: dropped before the walk
+        for order in (2, 3):
+            members = index.member_positions(order).tolist()
+            draws = torch.rand(paths, rows, len(members), generator=generator).numpy()
+            for path, row, c in itertools.product(range(paths), range(rows), range(len(members))):
+                fields = kept[path][row]
+                if draws[path, row, c] >= conf.orders[order][row, c] and all(fields[m] for m in members[c]):
+                    fields[min(members[c], key=lambda m: conf.fields[row, m])] = False  # first of equals
+        assert np.array_equal(drawn.numpy(), ~np.array(kept)) and drawn.any() and not drawn.all()
 
 
 def test_matt_with_all_confidences_one_equals_plain(small_synthetic, trained, monkeypatch):

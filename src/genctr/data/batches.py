@@ -28,10 +28,12 @@ class Batch:
         return int(self.label.shape[0])
 
     def take(self, rows: torch.Tensor) -> "Batch":
-        """The given rows (int64 [R], repeats allowed), in that order."""
-        pick = lambda d: {k: v[rows] for k, v in d.items()}  # noqa: E731
-        return Batch(pick(self.tokens), pick(self.values), self.label[rows],
-                     None if self.group is None else self.group[rows])
+        """The given rows (int64 [R], repeats allowed), in that order (index_select: half the
+        cost of indexing on a served micro-batch's few rows)."""
+        rows = rows.to(self.label.device)
+        pick = lambda d: {k: v.index_select(0, rows) for k, v in d.items()}  # noqa: E731
+        return Batch(pick(self.tokens), pick(self.values), self.label.index_select(0, rows),
+                     None if self.group is None else self.group.index_select(0, rows))
 
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731

@@ -35,7 +35,7 @@ from genctr.data.encode_fast import encode_rows
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import GenctrError
 from genctr.runs import Run
-from genctr.schema import OOV, PAD, FieldKind
+from genctr.schema import OOV, FieldKind
 from genctr.serve.batcher import MicroBatcher
 from genctr.serve.metrics import ServeMetrics
 from genctr.serve.rows import RequestError, RequestRows, RowReader
@@ -71,8 +71,7 @@ def create_app(run: Run, options: ServeOptions | None = None,
         start = time.perf_counter()
         split = encode_rows(run.encoder, rows.columns)
         for name in categorical:
-            tokens = np.asarray(split.tokens[name])
-            unseen = int(((tokens == OOV) & (tokens != PAD)).sum())
+            unseen = np.count_nonzero(np.asarray(split.tokens[name]) == OOV)  # OOV is not PAD
             if unseen:
                 metrics.unseen.labels(name).inc(unseen)
         if key == "plain" and plain_scorer is not None:

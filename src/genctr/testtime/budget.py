@@ -17,10 +17,11 @@ used, never labels.
 
 from __future__ import annotations
 
-import bisect
 import math
 import numpy as np
 import torch
+
+from genctr.testtime.kernels import fit_sorted, mean_cost
 
 REFIT_ROWS = 64  # refit τ after at least this many new rows (single-row requests stay cheap)
 
@@ -39,88 +40,36 @@ def extra_paths(uncertainty: np.ndarray, threshold: float, max_extra: int,
 BOUNDARY_SLACK = 1e-5  # far above the float32 error of a K boundary, far below a real gap
 
 
-def _mean_cost(ascending: np.ndarray, threshold: float, max_extra: int, gain: float = 1.0,
-               values: list[float] | None = None) -> float:
-    """1 + mean K(u; τ) over uncertainties sorted ascending (`values`: the same as a list), by
-    counting instead of computing K per row: Σ K = Σ_k #{K ≥ k}, where K ≥ 1 exactly for
-    u ≥ τ and K ≥ k (k ≥ 2) exactly where g·M·(u − τ)/(1 − τ) > k − 1, each a suffix of the
-    sorted rows found by binary search. Rows within BOUNDARY_SLACK of a boundary are decided by
-    extra_paths' own expression in the array's dtype, so the sum is its to the last row. A
-    refit's ~40 bisection steps then cost microseconds each instead of a pass over the window
-    (a 1-row request's batch used to pay ~2 ms for a refit). Plain Python per level: the
-    bisection's late steps probe next to a row, and numpy's call overhead on that one row
-    was most of a served refit."""
-    rows = len(ascending)
-    if rows == 0:
-        return 1.0
-    values = ascending.tolist() if values is None else values
-    span = max(1.0 - threshold, 1e-9)
-    slope = gain * max_extra
-    total = 0
-    for level in range(max_extra):
-        boundary = threshold + level * span / slope  # level 0: the threshold itself
-        first = bisect.bisect_left(values, boundary - BOUNDARY_SLACK)
-        if first == rows:
-            break  # past every row: so are the higher levels' boundaries
-        last = bisect.bisect_right(values, boundary + BOUNDARY_SLACK, lo=first)
-        total += rows - last
-        if last > first:
-            total += _near_rows_past(ascending[first:last] if last - first > NEAR_SCALARS
-                                     else [ascending[row] for row in range(first, last)],
-                                     threshold, level, slope, span)
-    return 1 + total / rows
+def _mean_cost(ascending: np.ndarray, threshold: float, max_extra: int, gain: float = 1.0) -> float:
+    """1 + mean K(u; τ) over uncertainties sorted ascending, by counting instead of computing
+    K per row: Σ K = Σ_k #{K ≥ k}, where K ≥ 1 exactly for u ≥ τ and K ≥ k (k ≥ 2) exactly
+    where g·M·(u − τ)/(1 − τ) > k − 1, each a suffix of the sorted rows found by binary
+    search. Rows within BOUNDARY_SLACK of a boundary are decided by extra_paths' own
+    expression in the array's dtype, so the sum is its to the last row. A refit's ~40
+    bisection steps then cost microseconds each instead of a pass over the window (compiled:
+    kernels.mean_cost; a served refit took ~0.7 ms in Python, ~2 ms before the counting)."""
+    ascending, single = _window(ascending)
+    return mean_cost(ascending, threshold, max_extra, gain, BOUNDARY_SLACK, single)
 
 
-NEAR_SCALARS = 8  # up to this many rows next to a boundary are decided one numpy scalar each
-
-
-def _near_rows_past(near, threshold: float, level: int, slope: float, span: float) -> int:
-    """How many of the rows next to a level's boundary (numpy values of the window's dtype:
-    an array, or a list of its scalars, which compute alike) get more than `level` paths:
-    extra_paths' own expression."""
-    if level == 0:
-        return int(sum(value >= threshold for value in near)) if isinstance(near, list) \
-            else int((near >= threshold).sum())
-    if isinstance(near, list):
-        return int(sum(slope * (value - threshold) / span > level for value in near))
-    return int((slope * (near - threshold) / span > level).sum())
+def _window(uncertainty: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The uncertainties as the kernels take them: float32 (UTTSI's) stay, so that the costs
+    are extra_paths' in float32; any other dtype is float64."""
+    single = uncertainty.dtype == np.float32
+    return np.ascontiguousarray(uncertainty, dtype=np.float32 if single else np.float64), single
 
 
 def fit_threshold(uncertainty: np.ndarray, budget: float, max_extra: int) -> float:
     """The lowest τ whose average cost 1 + mean K(u; τ) stays within the budget (inf: none)."""
-    ascending = np.sort(uncertainty)
-    return _fit_threshold(ascending, ascending.tolist(), budget, max_extra)
-
-
-def _fit_threshold(ascending: np.ndarray, values: list[float], budget: float, max_extra: int) -> float:
-    """fit_threshold over the uncertainties sorted ascending (`values`: the same as a list)."""
-    cost = lambda t: _mean_cost(ascending, t, max_extra, values=values)  # noqa: E731
-    if budget < 1 + 1 / max(len(ascending), 1):
-        return math.inf
-    if cost(0.0) <= budget:
-        return 0.0
-    low, high = 0.0, float(ascending[-1]) + 1e-6  # cost(high) == 1
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (low, middle) if cost(middle) <= budget else (middle, high)
-    return high
+    return fit_allocation(uncertainty, budget, max_extra)[0]
 
 
 def fit_allocation(uncertainty: np.ndarray, budget: float, max_extra: int) -> tuple[float, float]:
     """(τ, gain): τ from fit_threshold; where even τ = 0 leaves budget unspent (everyone explored,
     most with few extra passes), the largest gain whose cost stays within the budget."""
-    ascending = np.sort(uncertainty)
-    values = ascending.tolist()
-    threshold = _fit_threshold(ascending, values, budget, max_extra)
-    cost = lambda g: _mean_cost(ascending, 0.0, max_extra, g, values)  # noqa: E731
-    if threshold != 0.0 or len(uncertainty) == 0 or cost(1.0) >= budget:
-        return threshold, 1.0
-    positive = uncertainty[uncertainty > 0]
-    low, high = 1.0, 1.0 / max(float(positive.min()), 1e-9) if len(positive) else 1.0
-    for _ in range(40):
-        middle = (low + high) / 2
-        low, high = (middle, high) if cost(middle) <= budget else (low, middle)
-    return 0.0, low
+    ascending, single = _window(np.sort(uncertainty))
+    threshold, gain = fit_sorted(ascending, budget, max_extra, BOUNDARY_SLACK, single)
+    return float(threshold), float(gain)
 
 
 class BudgetController:

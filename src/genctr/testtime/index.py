@@ -24,6 +24,7 @@ from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.nn.embedding import FieldInfo
 from genctr.schema import FieldKind, Strict
+from genctr.testtime.kernels import lookup_counts
 from genctr.testtime.sketch import FrequencyCounter, combination_seed, combine_seeded
 
 INDEX_FILE = "frequency_index.npz"
@@ -39,13 +40,13 @@ class TokenTable(NamedTuple):
     enough (FrequencyIndex._token_table), and where to find each row's entries."""
 
     tabled: np.ndarray  # combinations tabulated [T]
-    tabled_columns: list[np.ndarray]  # per member j: the value column of each one's member j [T]
-    strides: list[np.ndarray]  # per member j [T]: entry = offset + Σ token_j · stride_j
+    tabled_columns: np.ndarray  # [T, order]: the value column of each one's member j
+    strides: np.ndarray  # [T, order]: entry = offset + Σ token_j · stride_j
     offsets: np.ndarray  # [T]
     estimates: np.ndarray  # float64, every tabulated combination's entries, concatenated
     hashed: np.ndarray  # the other combinations [H]: hashed and counted per request
     hashed_seeds: np.ndarray  # their keys' seeds [H] (combination_seed)
-    hashed_columns: list[np.ndarray]  # per member j [H]
+    hashed_columns: np.ndarray  # [H, order]
 
 
 class IndexOptions(Strict):
@@ -228,57 +229,45 @@ class FrequencyIndex:
     def order_frequencies(self, order: int, values: np.ndarray) -> np.ndarray:
         """float64 [N, C]: one order's estimated counts from the rows' value_columns. Orders 1
         and 2 read combinations of single-valued fields from per-token tables (`_token_table`):
-        the same estimates, without a hash and eight scattered sketch reads per key (a served
-        request's lookups are most of its confidence cost)."""
-        if order <= 2 and self.rows:  # counted: the tables are built once, from final counts
-            return self._tabled_counts(self._token_table(order), order, values)
-        seeds, columns = self._combination_layout()[order]
-        keys = combine_seeded(seeds, [values[:, column] for column in columns])
-        return self.counters[order].estimate(keys.ravel()).reshape(keys.shape).astype(np.float64)
-
-    def _tabled_counts(self, table: TokenTable, order: int, values: np.ndarray) -> np.ndarray:
-        """float64 [N, C]: the order's estimates, from its token table where it has the
-        combination, hashed and counted (all the others in one lookup) where not."""
-        counts = np.empty((len(values), len(table.tabled) + len(table.hashed)), dtype=np.float64)
-        if len(table.tabled):
-            position = table.offsets + values[:, table.tabled_columns[0]] * table.strides[0]
-            for member in range(1, order):
-                position += values[:, table.tabled_columns[member]] * table.strides[member]
-            counts[:, table.tabled] = table.estimates[position]
-        if len(table.hashed):  # list fields (a hashed set each) and combinations too large to table
-            keys = combine_seeded(table.hashed_seeds, [values[:, column] for column in table.hashed_columns])
-            counts[:, table.hashed] = self.counters[order].estimate(keys.ravel()).reshape(keys.shape)
-        return counts
+        the same estimates, without a hash and eight scattered sketch reads per key; the
+        others are hashed and looked up in the counter (compiled: kernels.lookup_counts)."""
+        table, counter = self._token_table(order), self.counters[order]
+        return lookup_counts(np.ascontiguousarray(values, dtype=np.int64), *table,
+                             counter.heavy.keys, counter.heavy.counts, counter.heavy.prior_upper,
+                             counter.heavy.overflowed, counter.sketch.table,
+                             counter.sketch.row_seeds, counter.sketch.mask)
 
     def _token_table(self, order: int) -> TokenTable:
         """The order's TokenTable: combinations of single-valued fields, smallest first, up to
-        TOKEN_TABLE_TOKENS entries, estimated once from the counters (a merge drops them); a
-        combination's entry is offset + Σ token_j · stride_j (row-major over its members'
-        vocabularies)."""
+        TOKEN_TABLE_TOKENS entries, estimated once from the final counters (a merge drops
+        them; orders above 2, and an index not counted yet, table none); a combination's entry
+        is offset + Σ token_j · stride_j (row-major over its members' vocabularies)."""
         tables = self.__dict__.setdefault("_tables", {})
-        if order not in tables:
-            seeds, columns = self._combination_layout()[order]
-            sizes = [[self.fields[m].vocab_size for m in row] for row in self.pair_members(order).tolist()]
-            tabled, total = [], 0
-            for c in sorted(range(len(seeds)), key=lambda c: math.prod(sizes[c])):
-                entries = math.prod(sizes[c])
-                single_valued = not any(self.fields[column[c]].is_list for column in columns)
-                if single_valued and total + entries <= TOKEN_TABLE_TOKENS:
-                    tabled.append(c)
-                    total += entries
-            grids = [list(np.indices(sizes[c]).reshape(order, -1)) for c in tabled]  # every token tuple
-            parts = [self.counters[order].estimate(combine_seeded(seeds[c:c + 1], grid))
-                     for c, grid in zip(tabled, grids)]
-            tabled = np.array(tabled, dtype=np.int64)
-            hashed = np.setdiff1d(np.arange(len(seeds)), tabled)
-            tables[order] = TokenTable(
-                tabled, [column[tabled] for column in columns],
-                [np.array([math.prod(sizes[c][j + 1:]) for c in tabled.tolist()], dtype=np.int64)
-                 for j in range(order)],
-                np.cumsum([0, *(math.prod(sizes[c]) for c in tabled.tolist())])[:-1].astype(np.int64),
-                np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
-                hashed, seeds[hashed], [column[hashed] for column in columns])
-        return tables[order]
+        if order in tables:
+            return tables[order]
+        seeds, members = self._combination_layout()[order][0], self.pair_members(order)
+        sizes = [[self.fields[m].vocab_size for m in row] for row in members.tolist()]
+        tabled, total = [], 0
+        for c in sorted(range(len(seeds)), key=lambda c: math.prod(sizes[c])) if order <= 2 and self.rows else []:
+            entries = math.prod(sizes[c])
+            single_valued = not any(self.fields[m].is_list for m in members[c].tolist())
+            if single_valued and total + entries <= TOKEN_TABLE_TOKENS:
+                tabled.append(c)
+                total += entries
+        grids = [list(np.indices(sizes[c]).reshape(order, -1)) for c in tabled]  # every token tuple
+        parts = [self.counters[order].estimate(combine_seeded(seeds[c:c + 1], grid))
+                 for c, grid in zip(tabled, grids)]
+        hashed = np.setdiff1d(np.arange(len(seeds)), tabled)
+        table = TokenTable(
+            np.array(tabled, dtype=np.int64), members[tabled],
+            np.array([[math.prod(sizes[c][j + 1:]) for j in range(order)] for c in tabled],
+                     dtype=np.int64).reshape(len(tabled), order),
+            np.cumsum([0, *(math.prod(sizes[c]) for c in tabled)])[:-1].astype(np.int64),
+            np.concatenate(parts).astype(np.float64) if parts else np.zeros(0),
+            hashed, seeds[hashed], members[hashed])
+        if self.rows:  # final counts (a merge drops the tables)
+            tables[order] = table
+        return table
 
     def field_positions(self) -> np.ndarray:
         """int [C1]: the position of each indexed field among all the model's fields (kept)."""

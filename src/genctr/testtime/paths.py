@@ -12,8 +12,7 @@ import torch
 from genctr.data.batches import Batch
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.index import FrequencyIndex
-
-SMALL_WALK = 4096  # paths x rows x fields up to which the walk runs in Python lists
+from genctr.testtime.kernels import walk_combinations
 
 
 def tile_batch(batch: Batch, times: int) -> Batch:
@@ -30,7 +29,7 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
     of a combination is still kept, with probability 1 - the combination's confidence drop its
     least confident member. Fields in `base_drop` [B, F] are dropped on every path.
     """
-    fields = conf.fields  # [B, F]; the walk runs in numpy: a small op costs a tenth of torch's
+    fields = conf.fields  # [B, F]
     rows, num_fields = fields.shape
     kept = torch.rand(paths, rows, num_fields, generator=generator).numpy() < fields
     if base_drop is not None:
@@ -39,50 +38,9 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
         if order not in conf.orders:
             continue
         members = index.member_positions(order)  # [C, order] model fields
-        least = fields[:, members].argmin(axis=-1)  # [B, C]: the least confident member
-        weakest = members[np.arange(len(members)), least]  # [B, C] its model field
-        combo_conf = conf.orders[order]  # [B, C]
         draws = torch.rand(paths, rows, len(members), generator=generator).numpy()
-        dropping = draws >= combo_conf  # [paths, B, C]: would drop, if every member is still kept
-        walk = _walk_entries if kept.size <= SMALL_WALK else _walk_combinations
-        walk(kept, dropping, members, weakest)
+        walk_combinations(kept, draws, conf.orders[order], fields, members)
     return torch.from_numpy(~kept)
-
-
-def _walk_combinations(kept: np.ndarray, dropping: np.ndarray, members: np.ndarray,
-                       weakest: np.ndarray) -> None:
-    """The walk, combination by combination over all paths and rows at once (large batches);
-    `kept` [paths, B, F] is updated in place. A combination that drops nowhere is skipped."""
-    instance = np.arange(kept.shape[1])
-    for c in np.flatnonzero(dropping.any(axis=(0, 1))):
-        drop_one = dropping[:, :, c]
-        for field in members[c].tolist():
-            drop_one = drop_one & kept[:, :, field]
-        kept[:, instance, weakest[:, c]] &= ~drop_one
-
-
-def _walk_entries(kept: np.ndarray, dropping: np.ndarray, members: np.ndarray,
-                  weakest: np.ndarray) -> None:
-    """The same walk entry by entry in Python lists, for a served request's few rows, where
-    each numpy call of the walk above costs more than the work. The result is identical:
-    entries come in (path, row, combination) order, and paths and rows never interact."""
-    rows = kept.tolist()
-    entries = zip(*(axis.tolist() for axis in np.nonzero(dropping)))
-    weakest = weakest.tolist()
-    if members.shape[1] == 2:  # pairs, the common order: two lookups instead of a generator
-        pairs = members.tolist()
-        for path, row, c in entries:
-            fields = rows[path][row]
-            first, second = pairs[c]
-            if fields[first] and fields[second]:
-                fields[weakest[row][c]] = False
-    else:
-        members = members.tolist()
-        for path, row, c in entries:
-            fields = rows[path][row]
-            if all(fields[field] for field in members[c]):
-                fields[weakest[row][c]] = False
-    kept[...] = rows
 
 
 def sample_random_paths(rows: int, num_fields: int, paths: int, rate: float,

@@ -64,14 +64,14 @@ class CountMinSketch:
         self.depth, self.width, self.seed = depth, width, seed
         self.table = np.zeros((depth, width), dtype=np.int64)
         self.total = 0
-        self._mask = np.uint64(width - 1)
-        self._row_seeds = mix64(np.arange(1, depth + 1, dtype=np.uint64)
+        self.mask = np.uint64(width - 1)
+        self.row_seeds = mix64(np.arange(1, depth + 1, dtype=np.uint64)
                                 + np.full(depth, seed, dtype=np.uint64) * _GOLDEN)
 
     def _columns(self, keys: np.ndarray) -> np.ndarray:
         """int64 [depth, N]: the counter each key hits in each row."""
-        hashed = mix64(keys[None, :] ^ self._row_seeds[:, None])
-        return (hashed & self._mask).astype(np.int64)
+        hashed = mix64(keys[None, :] ^ self.row_seeds[:, None])
+        return (hashed & self.mask).astype(np.int64)
 
     def add(self, keys: np.ndarray, counts: np.ndarray) -> None:
         """Add counts [N] to keys [N] (keys may repeat)."""

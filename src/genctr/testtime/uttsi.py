@@ -25,6 +25,7 @@ import torch
 from genctr.data.batches import Batch, iterate_batches
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.inference import Inference
+from genctr.testtime.kernels import aggregate_paths
 from genctr.testtime.paths import sample_confidence_paths, tile_batch
 
 
@@ -92,18 +93,9 @@ class UTTSI(Inference):
         """Consistency aggregation of each explored instance's filtered probability `first` [n]
         and its paths' `sampled` [P] (path path_of[i] of instance member[i]; `paths` [n] each):
         weight exp(-|p - median p| / temperature), the median the lower middle one of the
-        instance's 1 + K values. In numpy: for a served micro-batch's few rows each torch op
-        costs more than its work."""
-        rows = len(first)
-        table = np.full((rows, int(paths.max()) + 1), np.nan, dtype=np.float32)
-        table[:, 0] = first
-        table[member, path_of + 1] = sampled
-        ordered = np.sort(table, axis=1)  # NaN (no such path) sorts last
-        median = ordered[np.arange(rows), paths // 2][:, None]  # the lower middle of 1 + K
-        weights = np.exp(-np.abs(table - median) / np.float32(self.options.consistency_temperature))
-        weights[np.isnan(table)] = 0.0
-        aggregate = (weights * np.nan_to_num(table)).sum(1) / weights.sum(1)
-        return (self.options.mix * aggregate + (1 - self.options.mix) * first).astype(np.float32)
+        instance's 1 + K values (compiled: a served micro-batch's few rows)."""
+        return aggregate_paths(first, sampled, path_of, member, paths,
+                               self.options.consistency_temperature, self.options.mix)
 
     def _imputed_paths(self, batch: Batch, filtered: torch.Tensor, paths: int, model
                        ) -> tuple[Batch, torch.Tensor]:
