@@ -486,6 +486,31 @@ def test_value_level_confidence_trusts_values_from_min_count_on(small_synthetic)
         confidence(index, tokens, ConfidenceOptions(level="value"))
 
 
+def test_confidence_is_the_documented_formula_of_the_counts(small_synthetic):
+    """confidence() (compiled per entry) against its formula written out in numpy: min(1,
+    f(n) / f(n_ref)) per combination, 1 where n_ref <= 0, and the prior the mean of the chosen
+    orders' row means."""
+    from genctr.testtime.confidence import ConfidenceOptions, confidence, reference_count
+    index = FrequencyIndex.build(small_synthetic.splits["train"], field_infos(small_synthetic.encoder),
+                                 IndexOptions(order3=[["user_id", "item_id", "gender"]]))
+    tokens = tokens_of(small_synthetic.splits["test"], fields=index.names)
+    counts = index.frequencies(tokens)
+    for options in (ConfidenceOptions(), ConfidenceOptions(scale="linear", per="combination"),
+                    ConfidenceOptions(reference="count", count=5.0, orders=[1, 2, 3]),
+                    ConfidenceOptions(per="combination", quantile=0.0, orders=[2])):
+        conf = confidence(index, tokens, options)
+        expected = {}
+        for order, n in counts.items():
+            reference = np.maximum(reference_count(index, order, options), 0.0)
+            scaled = (np.log1p(n) / np.log1p(reference) if options.scale == "log" else n / reference)
+            expected[order] = np.where(reference <= 0, 1.0, np.minimum(scaled, 1.0)).astype(np.float32)
+            np.testing.assert_array_equal(conf.orders[order], expected[order])
+        prior = np.mean([expected[o].mean(axis=1) for o in options.orders], axis=0)
+        np.testing.assert_array_equal(conf.prior, prior.astype(np.float32))
+    trusted = confidence(index, tokens, ConfidenceOptions(per="combination", quantile=0.0))
+    assert (trusted.orders[2] == 1).all(axis=0).any()  # some pair's least count is 0: trusted
+
+
 def test_value_level_min_count_is_fitted_on_valid_and_the_filter_drops_only_rarer_values(
         small_synthetic, trained):
     from genctr.testtime.confidence import MIN_COUNT_GRID

@@ -27,6 +27,7 @@ from pydantic import Field
 from genctr.errors import ConfigError
 from genctr.schema import Strict
 from genctr.testtime.index import QUANTILES, FrequencyIndex, Tokens
+from genctr.testtime.kernels import scaled_confidence
 
 
 class ConfidenceOptions(Strict):
@@ -93,11 +94,8 @@ def confidence_scale(index: FrequencyIndex, options: ConfidenceOptions) -> Confi
 
 def to_confidence(counts: np.ndarray, order: int, scale: ConfidenceScale, kind: str) -> np.ndarray:
     """counts [N, C] of the order's combinations -> confidences in [0, 1] (`kind`: log or linear)."""
-    value = (np.log1p(counts) if kind == "log" else counts) / scale.denominators[order]
-    np.minimum(value, 1.0, out=value)
-    if scale.trusted[order].any():
-        value[:, scale.trusted[order]] = 1.0
-    return value.astype(np.float32)
+    return scaled_confidence(np.ascontiguousarray(counts, dtype=np.float64), scale.denominators[order],
+                             scale.trusted[order], kind == "log")
 
 
 MIN_COUNT_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
@@ -105,7 +103,9 @@ MIN_COUNT_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 def value_confidence(counts: np.ndarray, min_count: float) -> np.ndarray:
     """counts [N, C] -> 1 from min_count on, log(1 + n) / log(1 + min_count) below."""
-    return np.minimum(np.log1p(counts) / np.log1p(min_count), 1.0).astype(np.float32)
+    columns = counts.shape[1]
+    return scaled_confidence(np.ascontiguousarray(counts, dtype=np.float64),
+                             np.full(columns, np.log1p(min_count)), np.zeros(columns, dtype=bool), True)
 
 
 def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions,
@@ -128,5 +128,7 @@ def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions
             per_order[order] = to_confidence(index.order_frequencies(order, values), order, scale,
                                              options.scale)
     used = [per_order[o].mean(axis=1) for o in options.orders if o in per_order]
-    prior = np.mean(used, axis=0) if used else np.ones(len(values), dtype=np.float32)
-    return Confidence(fields, per_order, prior.astype(np.float32))
+    # the mean of the orders' means (float32, summed in order: np.mean(used, axis=0) without
+    # stacking them first)
+    prior = sum(used[1:], used[0]) / len(used) if used else np.ones(len(values), dtype=np.float32)
+    return Confidence(fields, per_order, prior.astype(np.float32, copy=False))

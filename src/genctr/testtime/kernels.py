@@ -61,6 +61,24 @@ def lookup_counts(values, tabled, tabled_columns, tabled_strides, offsets, estim
 
 
 @njit(cache=True, nogil=True)
+def scaled_confidence(counts, denominators, trusted, logarithmic):
+    """float32 [N, C]: genctr.testtime.confidence.to_confidence, entry by entry: min(1,
+    log(1 + n) / denominator) (n / denominator when not `logarithmic`) in float64, then float32;
+    1 for a `trusted` combination."""
+    rows, columns = counts.shape
+    out = np.empty((rows, columns), dtype=np.float32)
+    for row in range(rows):
+        for column in range(columns):
+            if trusted[column]:
+                out[row, column] = 1.0
+                continue
+            count = counts[row, column]
+            value = (np.log1p(count) if logarithmic else count) / denominators[column]
+            out[row, column] = min(value, 1.0)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def walk_combinations(kept, draws, combo_conf, fields, members):
     """MATT's walk at one order, in place on kept bool [P, B, F]: path by path, row by row,
     combination by combination, a combination whose draw [P, B, C] is at least its confidence
