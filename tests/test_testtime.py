@@ -486,6 +486,32 @@ def test_value_level_confidence_trusts_values_from_min_count_on(small_synthetic)
         confidence(index, tokens, ConfidenceOptions(level="value"))
 
 
+@pytest.mark.parametrize("trigger", ["uncertainty", "random"])
+def test_warm_up_runs_every_loop_and_leaves_the_fitted_strategy_as_it_was(small_synthetic, trained,
+                                                                         trigger):
+    """A server warms each strategy before its first request: afterwards every compiled loop
+    has run, and the strategy scores exactly as one that was never warmed (same random draws,
+    same budget window and spending)."""
+    from genctr.testtime import kernels
+    index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
+    options = InferenceOptions(strategy="uttsi", budget=2.0, trigger=trigger, budget_window=256)
+    warmed, cold = make_inference(options, index=index), make_inference(options, index=index)
+    for strategy in (warmed, cold):
+        strategy.fit(trained.model, small_synthetic.splits["valid"])
+    warmed.warm_up(trained.model, small_synthetic.splits["valid"])
+    for kernel in (kernels.lookup_counts, kernels.scaled_confidence, kernels.walk_combinations,
+                   kernels.aggregate_paths, kernels.fit_sorted):
+        assert kernel.signatures, kernel
+    test = small_synthetic.splits["test"]
+    for start in range(0, 600, 100):  # several batches: the window refits in between
+        batch = batch_of(test, slice(start, start + 100))
+        for got, expected in zip(warmed.predict(trained.model, batch), cold.predict(trained.model, batch)):
+            np.testing.assert_array_equal(got, expected)
+    assert warmed.budget.spent == cold.budget.spent and warmed.budget.threshold == cold.budget.threshold
+    if trigger == "random":
+        assert warmed.budget.shuffle is warmed.generator  # the restored budget draws from it still
+
+
 def test_confidence_is_the_documented_formula_of_the_counts(small_synthetic):
     """confidence() (compiled per entry) against its formula written out in numpy: min(1,
     f(n) / f(n_ref)) per combination, 1 where n_ref <= 0, and the prior the mean of the chosen

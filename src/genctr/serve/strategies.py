@@ -81,6 +81,7 @@ def fit_strategies(run: Run, specs: list[str], data_dir: str | Path | None = Non
         if forward is not None and strategy.exported_forward:
             strategy.forward = forward
         strategy.fit(run.model, valid)
+        strategy.warm_up(run.model, valid)  # the first request pays no compile or table build
         log(f"inference {name}: fitted on the valid split ({len(valid):,} rows)")
         fitted[name] = strategy
     return fitted

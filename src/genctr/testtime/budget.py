@@ -18,6 +18,7 @@ used, never labels.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 

@@ -16,6 +16,7 @@ trigger threshold for a cost budget), then composes with any CTRModel through `d
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Literal, Protocol
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from pydantic import Field
 from scipy.optimize import minimize_scalar
 
-from genctr.data.batches import Batch, iterate_batches
+from genctr.data.batches import Batch, batch_of, iterate_batches
 from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.metrics import logloss
@@ -120,6 +121,9 @@ class InferenceOptions(Strict):
         return f"{self.strategy}@{self.paths}"
 
 
+WARM_UP_ROWS = 512  # enough that a budgeted strategy explores some, so every loop has run
+
+
 class Inference:
     """Plain inference; the base of every strategy."""
 
@@ -173,6 +177,19 @@ class Inference:
                 losses[n].append(logloss(batch.label.numpy(), prob) * len(batch))
         best = min(MIN_COUNT_GRID, key=lambda n: sum(losses[n]))
         self.confidence_options = self.confidence_options.model_copy(update={"min_count": float(best)})
+
+    def warm_up(self, model: CTRModel, split: EncodedSplit) -> None:
+        """Score the first WARM_UP_ROWS rows of a split once and forget it (a server, before its
+        first request): the compiled loops load, or compile on a machine's first run (seconds),
+        and lazily built tables are built then, not inside a request. The random generator is
+        left where fitting left it."""
+        if len(split) == 0:
+            return
+        state = self.generator.get_state()
+        try:
+            self.predict(model, batch_of(split, slice(0, min(len(split), WARM_UP_ROWS))))
+        finally:
+            self.generator.set_state(state)
 
     def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass on the model's device, logits back on the host (where the paths,

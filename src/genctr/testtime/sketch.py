@@ -66,7 +66,7 @@ class CountMinSketch:
         self.total = 0
         self.mask = np.uint64(width - 1)
         self.row_seeds = mix64(np.arange(1, depth + 1, dtype=np.uint64)
-                                + np.full(depth, seed, dtype=np.uint64) * _GOLDEN)
+                               + np.full(depth, seed, dtype=np.uint64) * _GOLDEN)
 
     def _columns(self, keys: np.ndarray) -> np.ndarray:
         """int64 [depth, N]: the counter each key hits in each row."""

@@ -19,6 +19,8 @@ describe); the paths are aggregated the same way.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -60,6 +62,14 @@ class UTTSI(Inference):
             conf = self.confidence(batch)
             scores.append(uncertainty(self.logits(model, batch, self.filtered(conf)), conf))
         self.budget.fit(np.concatenate(scores))
+
+    def warm_up(self, model, split) -> None:
+        """Inference.warm_up, the budget's window and spending left as fitted too."""
+        budget = copy.deepcopy(self.budget, {id(self.generator): self.generator})
+        try:
+            super().warm_up(model, split)
+        finally:
+            self.budget = budget
 
     def predict(self, model, batch):
         conf = self.confidence(batch)
