@@ -13,9 +13,11 @@ pt2: `torch.export` of the model itself, its input the Batch dataclass (a regist
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
-from typing import Callable, Literal
+from contextlib import contextmanager
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -105,7 +107,7 @@ def export_run(run: Run, export_format: ExportFormat, output: str | Path | None 
     batch = batch_of(example_split(run.encoder), slice(None))
     scorer = column_scorer(run, drop_input)
     rows = torch.export.Dim("rows", min=1)
-    with torch.no_grad(), warnings.catch_warnings():
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_registry():
         # torch's exporter notes about its own internals, not about the user's model
         warnings.filterwarnings("ignore", message=".*axis name.*")
         warnings.filterwarnings("ignore", category=FutureWarning, module="copyreg")
@@ -124,6 +126,19 @@ def export_run(run: Run, export_format: ExportFormat, output: str | Path | None 
         else:
             raise ConfigError(f"export format {export_format!r}: choose onnx or pt2")
     return target
+
+
+@contextmanager
+def _quiet_registry() -> Iterator[None]:
+    """Silence the ONNX exporter's note that optional torchvision operators are skipped: genctr
+    exports no vision model, and a user saw three lines about a package it does not use."""
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        registry.setLevel(level)
 
 
 class OnnxScorer:
