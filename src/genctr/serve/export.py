@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np

@@ -74,59 +74,57 @@ def reference_count(index: FrequencyIndex, order: int, options: ConfidenceOption
 
 class ConfidenceScale(NamedTuple):
     """Per order, what each combination's count is divided by (log(1 + n_ref), or n_ref on the
-    linear scale; 1 where n_ref <= 0) and which have n_ref <= 0 (confidence 1): fixed for an
-    index and options, so a strategy works it out once, not per served request."""
+    linear scale; 1 where n_ref <= 0), which have n_ref <= 0 (confidence 1) and whether counts
+    are taken on the log scale; under `level: value`, order 1's is log(1 + min_count) for every
+    field. Fixed for an index and options, so a strategy works it out once, not per served request."""
 
     denominators: dict[int, np.ndarray]  # [C] float64
     trusted: dict[int, np.ndarray]  # [C] bool
+    logarithmic: dict[int, bool]
 
 
 def confidence_scale(index: FrequencyIndex, options: ConfidenceOptions) -> ConfidenceScale:
-    denominators, trusted = {}, {}
+    denominators, trusted, logarithmic = {}, {}, {}
     for order, combos in index.combos.items():
-        if combos:
-            reference = np.maximum(reference_count(index, order, options), 0.0)
-            trusted[order] = reference <= 0
-            scaled = np.log1p(reference) if options.scale == "log" else reference
-            denominators[order] = np.where(trusted[order], 1.0, scaled)
-    return ConfidenceScale(denominators, trusted)
+        if not combos:
+            continue
+        logarithmic[order] = options.scale == "log"
+        if order == 1 and options.level == "value" and options.min_count is not None:
+            trusted[order] = np.zeros(len(combos), dtype=bool)
+            denominators[order] = np.full(len(combos), np.log1p(options.min_count))
+            logarithmic[order] = True
+            continue
+        reference = np.maximum(reference_count(index, order, options), 0.0)
+        trusted[order] = reference <= 0
+        scaled = np.log1p(reference) if logarithmic[order] else reference
+        denominators[order] = np.where(trusted[order], 1.0, scaled)
+    return ConfidenceScale(denominators, trusted, logarithmic)
 
 
-def to_confidence(counts: np.ndarray, order: int, scale: ConfidenceScale, kind: str) -> np.ndarray:
-    """counts [N, C] of the order's combinations -> confidences in [0, 1] (`kind`: log or linear)."""
+def to_confidence(counts: np.ndarray, order: int, scale: ConfidenceScale) -> np.ndarray:
+    """counts [N, C] of the order's combinations -> confidences in [0, 1]: min(1, f(n) /
+    denominator), 1 for a trusted combination."""
     return scaled_confidence(np.ascontiguousarray(counts, dtype=np.float64), scale.denominators[order],
-                             scale.trusted[order], kind == "log")
+                             scale.trusted[order], scale.logarithmic[order])
 
 
 MIN_COUNT_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
-
-
-def value_confidence(counts: np.ndarray, min_count: float) -> np.ndarray:
-    """counts [N, C] -> 1 from min_count on, log(1 + n) / log(1 + min_count) below."""
-    columns = counts.shape[1]
-    return scaled_confidence(np.ascontiguousarray(counts, dtype=np.float64),
-                             np.full(columns, np.log1p(min_count)), np.zeros(columns, dtype=bool), True)
 
 
 def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions,
                scale: ConfidenceScale | None = None) -> Confidence:
     """Each row's confidences (`scale`: confidence_scale(index, options), when kept)."""
     scale = scale or confidence_scale(index, options)
+    if options.level == "value" and options.min_count is None:
+        raise ConfigError("confidence.level value: min_count is unset and was not fitted "
+                          "(set confidence.min_count, or fit the strategy on valid first)")
     values = index.value_columns(tokens)
-    counts = index.order_frequencies(1, values)
-    if options.level == "value":
-        if options.min_count is None:
-            raise ConfigError("confidence.level value: min_count is unset and was not fitted "
-                              "(set confidence.min_count, or fit the strategy on valid first)")
-        per_order = {1: value_confidence(counts, options.min_count)}
-    else:
-        per_order = {1: to_confidence(counts, 1, scale, options.scale)}
+    per_order = {1: to_confidence(index.order_frequencies(1, values), 1, scale)}
     fields = np.ones((len(values), len(index.all_fields)), dtype=np.float32)
     fields[:, index.field_positions()] = per_order[1]
     for order in index.combos:
         if order != 1 and index.combos[order]:
-            per_order[order] = to_confidence(index.order_frequencies(order, values), order, scale,
-                                             options.scale)
+            per_order[order] = to_confidence(index.order_frequencies(order, values), order, scale)
     used = [per_order[o].mean(axis=1) for o in options.orders if o in per_order]
     # the mean of the orders' means (float32, summed in order: np.mean(used, axis=0) without
     # stacking them first)
