@@ -167,3 +167,17 @@ def test_cli_evaluate_ensemble_with_members_and_a_member_of_other_data(small_syn
     with pytest.raises(DataError, match="encoder differs"):
         evaluate_run_inference(runs[0], small_synthetic, InferenceOptions(strategy="ensemble"),
                                members=[stranger.folder], measure_latency=False)
+
+
+def test_the_refit_window_is_always_the_last_rows_whatever_the_request_sizes():
+    rng = np.random.default_rng(3)
+    controller = BudgetController(2.0, 8, 64)
+    seen = rng.uniform(0, 1, 40).astype(np.float32)  # valid shorter than the window
+    controller.fit(seen)
+    for rows in (1, 7, 16, 30, 64, 3, 100, 1, 63, 65, 5):
+        chunk = rng.uniform(0, 1, rows).astype(np.float32)
+        seen = np.concatenate([seen, chunk])
+        latest = controller._remember(chunk)  # what the refit of this request sees
+        assert np.array_equal(np.sort(latest), np.sort(seen[-max(64, rows):]))
+    controller._remember(np.array([0.5]))  # a float64 row after float32 ones is kept exactly
+    assert controller.recent.dtype == np.float64

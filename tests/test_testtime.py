@@ -316,8 +316,12 @@ def test_the_refit_cost_counted_by_binary_search_is_the_full_mean_to_the_last_ro
                           float(uncertainty[0]) + 1e-9):
             for gain in (1.0, 3.5, 47.0):
                 for max_extra in (1, 4, 8):
-                    full = 1 + extra_paths(uncertainty, threshold, max_extra, gain).mean()
-                    assert _mean_cost(ascending, threshold, max_extra, gain) == full
+                    paths = extra_paths(uncertainty, threshold, max_extra, gain)
+                    # the compiled K is the documented expression, as numpy evaluates it
+                    span = max(1.0 - threshold, 1e-9)
+                    written = np.clip(np.ceil(gain * max_extra * (uncertainty - threshold) / span), 1, max_extra)
+                    assert np.array_equal(paths, np.where(uncertainty >= threshold, written, 0))
+                    assert _mean_cost(ascending, threshold, max_extra, gain) == 1 + paths.mean()
 
 
 def test_uttsi_random_trigger_has_the_same_cost(small_synthetic, trained):

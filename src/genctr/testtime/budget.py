@@ -22,6 +22,7 @@ import math
 import numpy as np
 import torch
 
+from genctr.testtime.kernels import extra_paths as kernel_extra_paths
 from genctr.testtime.kernels import fit_sorted, mean_cost
 
 REFIT_ROWS = 64  # refit τ after at least this many new rows (single-row requests stay cheap)
@@ -30,12 +31,18 @@ REFIT_ROWS = 64  # refit τ after at least this many new rows (single-row reques
 def extra_paths(uncertainty: np.ndarray, threshold: float, max_extra: int,
                 gain: float = 1.0) -> np.ndarray:
     """int [N]: 0 below the threshold, else 1..max_extra growing with the uncertainty (`gain` > 1
-    steepens the growth, for budgets that τ = 0 alone cannot spend)."""
+    steepens the growth, for budgets that τ = 0 alone cannot spend); compiled:
+    kernels.extra_paths."""
+    return _extra_paths(uncertainty, threshold, max_extra, gain)[0]
+
+
+def _extra_paths(uncertainty: np.ndarray, threshold: float, max_extra: int,
+                 gain: float = 1.0) -> tuple[np.ndarray, int]:
+    """(extra_paths, their sum)."""
     if math.isinf(threshold):
-        return np.zeros(len(uncertainty), dtype=np.int64)
-    span = max(1.0 - threshold, 1e-9)
-    paths = np.clip(np.ceil(gain * max_extra * (uncertainty - threshold) / span), 1, max_extra)
-    return np.where(uncertainty >= threshold, paths, 0).astype(np.int64)
+        return np.zeros(len(uncertainty), dtype=np.int64), 0
+    window, single = _window(uncertainty)
+    return kernel_extra_paths(window, float(threshold), int(max_extra), float(gain), single)
 
 
 BOUNDARY_SLACK = 1e-5  # far above the float32 error of a K boundary, far below a real gap
@@ -86,7 +93,8 @@ class BudgetController:
         self.shuffle = shuffle
         self.threshold, self.gain = math.inf, 1.0
         self.valid_cost = 1.0
-        self.recent = np.zeros(0)
+        self.recent = np.zeros(0)  # the window's uncertainties (see _remember)
+        self.filled = self.head = 0
         self.since_refit = 0
         self.scored, self.spent = 0, 0.0
 
@@ -94,28 +102,52 @@ class BudgetController:
         """τ from the validation split's uncertainties; they also seed the window."""
         self.threshold, self.gain = fit_allocation(uncertainty, self.budget, self.max_extra)
         self.valid_cost = float(1 + self.extra(uncertainty).mean())
-        self.recent = uncertainty[-self.window:] if self.window else np.zeros(0)
+        self.recent = np.zeros(self.window, dtype=uncertainty.dtype)
+        self.filled = self.head = 0
+        self._remember(uncertainty)
         self.since_refit = 0
         self.scored, self.spent = 0, 0.0
 
     def allocate(self, uncertainty: np.ndarray) -> np.ndarray:
         """int [N]: extra passes for these rows (τ refitted first, when the window is on)."""
         if self.window:
-            self.recent = np.concatenate([self.recent, uncertainty])[-max(self.window, len(uncertainty)):]
+            latest = self._remember(uncertainty)
             self.since_refit += len(uncertainty)
-            if self.since_refit >= min(REFIT_ROWS, len(self.recent)):
+            if self.since_refit >= min(REFIT_ROWS, len(latest)):
                 overspent = self.spent - self.budget * self.scored
                 horizon = max(self.window, len(uncertainty))  # a big batch repays at once
                 aim = min(max(self.budget - overspent / horizon, 1.0), 1.0 + self.max_extra)
-                self.threshold, self.gain = fit_allocation(self.recent, aim, self.max_extra)
+                self.threshold, self.gain = fit_allocation(latest, aim, self.max_extra)
                 self.since_refit = 0
-            self.recent = self.recent[-self.window:]
-        extra = self.extra(uncertainty)
+        extra, granted = _extra_paths(uncertainty, self.threshold, self.max_extra, self.gain)
         if self.shuffle is not None:
             extra = extra[torch.randperm(len(extra), generator=self.shuffle).numpy()]
         self.scored += len(extra)
-        self.spent += float(len(extra) + extra.sum())
+        self.spent += float(len(extra) + granted)
         return extra
+
+    def _remember(self, uncertainty: np.ndarray) -> np.ndarray:
+        """Add rows to the window and return what a refit now sees: the last max(window, N)
+        uncertainties, these included. The window is a ring (`recent`: its first `filled`
+        entries, the next write at `head`), in no particular order, as a refit sorts it: a
+        served row no longer copies the whole window (~4,096 values) to append itself."""
+        if uncertainty.dtype != self.recent.dtype:  # as a concatenation would promote
+            self.recent = self.recent.astype(np.result_type(self.recent, uncertainty))
+        rows = len(uncertainty)
+        if rows >= self.window:
+            self.recent[:] = uncertainty[rows - self.window:]
+            self.filled, self.head = self.window, 0
+            return uncertainty
+        stop = self.head + rows
+        if stop <= self.window:
+            self.recent[self.head:stop] = uncertainty
+        else:
+            wrap = self.window - self.head
+            self.recent[self.head:] = uncertainty[:wrap]
+            self.recent[:rows - wrap] = uncertainty[wrap:]
+        self.head = stop % self.window
+        self.filled = min(self.filled + rows, self.window)
+        return self.recent[:self.filled]
 
     def extra(self, uncertainty: np.ndarray) -> np.ndarray:
         return extra_paths(uncertainty, self.threshold, self.max_extra, self.gain)

@@ -142,6 +142,32 @@ def _past_level(value, threshold, level, slope, span, single):
 
 
 @njit(cache=True, nogil=True)
+def extra_paths(uncertainty, threshold, max_extra, gain, single):
+    """int64 [N]: budget.extra_paths row by row, K = ceil(g·M·(u − τ)/(1 − τ)) clipped to
+    1..M where u ≥ τ, else 0, in float32 for a float32 `uncertainty` (as numpy computes the
+    expression with Python scalars), and its sum."""
+    rows = len(uncertainty)
+    out = np.zeros(rows, dtype=np.int64)
+    span = max(1.0 - threshold, 1e-9)
+    slope = gain * max_extra
+    total = 0
+    for row in range(rows):
+        if single:
+            v, t = np.float32(uncertainty[row]), np.float32(threshold)
+            if not v >= t:
+                continue
+            paths = np.ceil(np.float32(slope) * (v - t) / np.float32(span))
+        else:
+            v, t = uncertainty[row], threshold
+            if not v >= t:
+                continue
+            paths = np.ceil(slope * (v - t) / span)
+        out[row] = np.int64(min(max(paths, 1.0), max_extra))
+        total += out[row]
+    return out, total
+
+
+@njit(cache=True, nogil=True)
 def mean_cost(ascending, threshold, max_extra, gain, slack, single):
     """1 + mean K(u; τ) over uncertainties sorted ascending (see budget._mean_cost): per level
     a suffix found by binary search, rows within `slack` of its boundary decided one by one."""
