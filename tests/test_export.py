@@ -43,6 +43,12 @@ def test_onnx_and_pt2_exports_match_the_torch_model(name, small_synthetic, tmp_p
         expected_logits = run.model(batch, drop)
     assert (OnnxScorer(with_drop).logits(batch, drop) - expected_logits).abs().max() <= 1e-5
     assert (OnnxScorer(with_drop).logits(batch, None) - torch.logit(torch.from_numpy(expected))).abs().max() <= 1e-4
+    picked = torch.tensor([5, 0, 5, 999, 3], dtype=torch.int64)  # a strategy's paths: repeats
+    scorer = OnnxScorer(with_drop)
+    scorer.logits(batch, None)  # the batch's columns are kept: the next pass picks from them
+    with torch.inference_mode():
+        expected_picked = run.model(batch.take(picked), drop[picked])
+    assert (scorer.logits(batch, drop[picked], picked) - expected_picked).abs().max() <= 1e-5
     program = torch.export.load(str(export_run(run, "pt2")))  # loads weights-only (torch's default)
     batch = batch_of(rows, slice(None))
     batch.group = None

@@ -343,9 +343,9 @@ def test_the_onnx_backend_runs_uttsi_through_onnxruntime_like_torch(served):
     onnx = OnnxScorer(onnx_for_serving(run, lambda line: None, drop_input=True))
     calls = []
 
-    def forward(batch, drop):
+    def forward(batch, drop, rows):
         calls.append(len(batch))
-        return onnx.logits(batch, drop)
+        return onnx.logits(batch, drop, rows)
 
     answers = {}
     for backend, passes in (("torch", None), ("onnx", forward)):
@@ -373,6 +373,11 @@ def test_the_onnx_backend_scores_like_torch(served):
     path = onnx_for_serving(run, log=lambda line: None)
     stamp = path.stat().st_mtime
     assert onnx_for_serving(run, log=lambda line: None).stat().st_mtime == stamp  # not re-exported
+    drop_path = onnx_for_serving(run, log=lambda line: None, drop_input=True)
+    drop_path.replace(path)  # a newer file with other inputs (as another version's export)
+    logged = []
+    assert onnx_for_serving(run, log=logged.append) == path and logged  # exported again
+    assert OnnxScorer(path).fields is None  # without the drop input, as this export has it
     with TestClient(create_app(run, plain_scorer=OnnxScorer(path))) as client:
         rows = request_rows(raw, client.get("/health").json()["columns"], 64)
         answer = client.post("/predict", json={"rows": rows})

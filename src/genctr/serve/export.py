@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -143,8 +144,8 @@ def _quiet_registry() -> Iterator[None]:
 
 class OnnxScorer:
     """Scores encoded columns with onnxruntime (`genctr serve --backend onnx`): probabilities of
-    a split's rows from RUN/model.onnx; `logits(batch, drop)` from RUN/model.drop.onnx (the
-    forward pass of the test-time strategies, Inference.forward)."""
+    a split's rows from RUN/model.onnx; `logits(batch, drop, rows)` from RUN/model.drop.onnx
+    (the forward pass of the test-time strategies, Inference.forward)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         import onnxruntime
@@ -155,19 +156,18 @@ class OnnxScorer:
         self.session = onnxruntime.InferenceSession(str(path), options,
                                                     providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        # (input, "tokens" | "values" | "drop", field) once: a served batch's feed is built per call
-        self.plan = [(name, *name.partition(".")[::2]) for name in self.inputs]
+        # (input, "tokens" | "values", field) of each column input, once: a served batch's feed
+        # is built per call
+        self.plan = [(name, *name.partition(".")[::2]) for name in self.inputs if name != "drop"]
         self.output = self.session.get_outputs()[0].name
         drop = [i for i in self.session.get_inputs() if i.name == "drop"]
         self.fields = int(drop[0].shape[1]) if drop else None
+        self._fed: tuple[weakref.ref, dict[str, np.ndarray]] | None = None  # see logits
 
-    def _feed(self, tokens: dict, values: dict, drop: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The session's inputs from columns (numpy arrays or CPU tensors), the drop mask last."""
+    def _feed(self, tokens: dict, values: dict) -> dict[str, np.ndarray]:
+        """The session's column inputs from columns (numpy arrays or CPU tensors)."""
         feed = {}
         for name, kind, field in self.plan:
-            if name == "drop":
-                feed[name] = drop
-                continue
             column = tokens[field] if kind == "tokens" else values[field]
             if isinstance(column, torch.Tensor):  # a view, without numpy's slower __array__ path
                 column = column.numpy()
@@ -177,24 +177,42 @@ class OnnxScorer:
     def __call__(self, split: EncodedSplit) -> np.ndarray:
         return self.session.run([self.output], self._feed(split.tokens, split.values))[0]
 
-    def logits(self, batch: Batch, drop: torch.Tensor | None) -> torch.Tensor:
-        """logits [B] of a batch, fields in `drop` [B, F] neutral (None: none); needs the export
-        with the drop input."""
+    def logits(self, batch: Batch, drop: torch.Tensor | None, rows: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """logits [P] of the batch's rows `rows` (int64 [P], repeats allowed; None: each row
+        once), fields in `drop` [P, F] neutral (None: none); needs the export with the drop
+        input. The last batch's columns are kept as numpy arrays, so a strategy's passes over
+        one batch (UTTSI's filtered pass, then its paths) convert them once and pick the
+        paths' rows with numpy (a torch Batch.take cost ~4x as much on a served micro-batch)."""
         if self.fields is None:
             raise ConfigError("this ONNX export has no drop input (genctr export --drop-input)")
-        mask = (np.zeros((len(batch), self.fields), dtype=bool) if drop is None
-                else np.ascontiguousarray(drop.numpy()))
-        feed = self._feed(batch.tokens, batch.values, mask)
+        if self._fed is None or self._fed[0]() is not batch:
+            self._fed = weakref.ref(batch), self._feed(batch.tokens, batch.values)
+        if rows is None:
+            feed = dict(self._fed[1])
+        else:
+            picked = rows.numpy()
+            feed = {name: column[picked] for name, column in self._fed[1].items()}
+        feed["drop"] = (np.zeros((len(next(iter(feed.values()))), self.fields), dtype=bool)
+                        if drop is None else np.ascontiguousarray(drop.numpy()))
         return torch.from_numpy(self.session.run([self.output], feed)[0])
 
 
 def onnx_for_serving(run: Run, log: Callable[[str], None] = print, drop_input: bool = False) -> Path:
-    """RUN/model.onnx (RUN/model.drop.onnx), exported again when missing or older than the
-    run's weights."""
+    """RUN/model.onnx (RUN/model.drop.onnx), exported again when missing, older than the
+    run's weights, or with other inputs than this genctr's export has (another version's)."""
     from genctr.train import BEST_WEIGHTS
 
     path = default_export(run, "onnx", drop_input)
-    if not path.is_file() or path.stat().st_mtime < (run.folder / BEST_WEIGHTS).stat().st_mtime:
+    if not path.is_file() or path.stat().st_mtime < (run.folder / BEST_WEIGHTS).stat().st_mtime \
+            or _input_names(path) != column_scorer(run, drop_input).input_names():
         log(f"exporting the model to {path} (ONNX{', with the drop input' if drop_input else ''})")
         export_run(run, "onnx", drop_input=drop_input)
     return path
+
+
+def _input_names(path: Path) -> list[str]:
+    """An ONNX file's input names (its graph only: weights stored beside it are not read)."""
+    import onnx
+
+    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]

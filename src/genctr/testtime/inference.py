@@ -140,7 +140,8 @@ class Inference:
         self.index = index
         self.members = list(members)  # other models (ensembles); each in eval mode
         self.imputer = imputer
-        self.forward: Callable[[Batch, torch.Tensor | None], torch.Tensor] | None = None
+        # (batch, drop, rows) -> logits, as Inference.logits takes them
+        self.forward: Callable[[Batch, torch.Tensor | None, torch.Tensor | None], torch.Tensor] | None = None
         if options.impute == "denoiser" and (imputer is None or options.strategy != "uttsi"):
             raise ConfigError("inference impute: denoiser is a uttsi option and needs the run's "
                               "pre-trained denoiser (a run fine-tuned from a pre-training)")
@@ -191,22 +192,29 @@ class Inference:
         finally:
             self.generator.set_state(state)
 
-    def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, model: CTRModel, batch: Batch, drop: torch.Tensor | None = None,
+               rows: torch.Tensor | None = None) -> torch.Tensor:
         """One forward pass on the model's device, logits back on the host (where the paths,
-        confidences and aggregation live); the caller has put the model in eval mode
-        (MC-dropout turns its dropout layers back on). With `forward` set, that runs the pass
-        instead (the ONNX backend's onnxruntime session; `model` still answers everything else)."""
+        confidences and aggregation live): of the batch's rows `rows` (int64 [P], repeats
+        allowed: a batch's paths; None: each row once), fields in `drop` [P, F] neutral. The
+        caller has put the model in eval mode (MC-dropout turns its dropout layers back on).
+        With `forward` set, that runs the pass instead (the ONNX backend's onnxruntime session,
+        which picks the rows itself; `model` still answers everything else)."""
         if self.forward is not None:
-            return self.forward(batch, drop)
+            return self.forward(batch, drop, rows)
+        if rows is not None:
+            batch = batch.take(rows)
         device = model_device(model)
         with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=self.bf16):
             logits = model(move_batch(batch, device), None if drop is None else drop.to(device))
             return logits.float().cpu()
 
     def path_logits(self, model: CTRModel, batch: Batch, drops: torch.Tensor) -> torch.Tensor:
-        """logits [M, B] of the M paths `drops` [M, B, F], in one forward over the tiled batch."""
+        """logits [M, B] of the M paths `drops` [M, B, F], in one forward over the batch's rows
+        M times (path-major)."""
         paths, rows, fields = drops.shape
-        logits = self.logits(model, tile_batch(batch, paths), drops.reshape(paths * rows, fields))
+        logits = self.logits(model, batch, drops.reshape(paths * rows, fields),
+                             torch.arange(rows).repeat(paths))
         return logits.view(paths, rows)
 
     def confidence(self, batch: Batch) -> Confidence:

@@ -90,12 +90,12 @@ class UTTSI(Inference):
             path_batch, path_drop = self._imputed_paths(batch.take(torch.from_numpy(explored)),
                                                         base[explored], most, model)
             flat = torch.from_numpy(path_of * len(explored) + member)  # as tile_batch lays them out
-            logits = self.logits(model, path_batch.take(flat), path_drop[flat])
+            logits = self.logits(model, path_batch, path_drop[flat], flat)
         else:
             drops = sample_confidence_paths(conf.take(explored), self.index, most, self.generator,
                                             base_drop=base[explored])  # [most, n, F]
-            logits = self.logits(model, batch.take(torch.from_numpy(explored[member])),
-                                 drops[torch.from_numpy(path_of), torch.from_numpy(member)])
+            logits = self.logits(model, batch, drops[torch.from_numpy(path_of), torch.from_numpy(member)],
+                                 torch.from_numpy(explored[member]))
         return self._aggregate(first[explored], torch.sigmoid(logits).numpy(), path_of, member, paths)
 
     def _aggregate(self, first: np.ndarray, sampled: np.ndarray, path_of: np.ndarray,
