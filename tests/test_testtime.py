@@ -503,8 +503,8 @@ def test_warm_up_runs_every_loop_and_leaves_the_fitted_strategy_as_it_was(small_
     for strategy in (warmed, cold):
         strategy.fit(trained.model, small_synthetic.splits["valid"])
     warmed.warm_up(trained.model, small_synthetic.splits["valid"])
-    for kernel in (kernels.lookup_counts, kernels.scaled_confidence, kernels.walk_combinations,
-                   kernels.aggregate_paths, kernels.fit_sorted):
+    for kernel in (kernels.lookup_counts, kernels.scaled_confidence, kernels.keep_confident,
+                   kernels.walk_combinations, kernels.aggregate_paths, kernels.fit_sorted):
         assert kernel.signatures, kernel
     test = small_synthetic.splits["test"]
     for start in range(0, 600, 100):  # several batches: the window refits in between
@@ -514,6 +514,31 @@ def test_warm_up_runs_every_loop_and_leaves_the_fitted_strategy_as_it_was(small_
     assert warmed.budget.spent == cold.budget.spent and warmed.budget.threshold == cold.budget.threshold
     if trigger == "random":
         assert warmed.budget.shuffle is warmed.generator  # the restored budget draws from it still
+
+
+def test_served_batch_sizes_compile_nothing_after_warm_up(small_synthetic, trained):
+    """After warm-up, requests of 1 to 8 rows (one explored path among them: arrays numba sees
+    as contiguous where a large batch's are strided) run only loops already compiled: a
+    compile inside a request stalled a server for 2.6 s."""
+    from numba.core.registry import CPUDispatcher
+
+    from genctr.testtime import kernels
+    index = frequency_index(small_synthetic, IndexOptions(), trained.folder)
+    uttsi = make_inference(InferenceOptions(strategy="uttsi", budget=2.0), index=index)
+    matt = make_inference(InferenceOptions(strategy="matt", paths=4), index=index)
+    for strategy in (uttsi, matt):
+        strategy.fit(trained.model, small_synthetic.splits["valid"])
+        strategy.warm_up(trained.model, small_synthetic.splits["valid"])
+    compiled = lambda: {n: list(k.signatures) for n, k in vars(kernels).items()  # noqa: E731
+                        if isinstance(k, CPUDispatcher)}
+    warmed, single_paths = compiled(), 0
+    test = small_synthetic.splits["test"]
+    for start, rows in zip(range(0, 800, 8), itertools.cycle(range(1, 9))):
+        batch = batch_of(test, slice(start, start + rows))
+        _, cost = uttsi.predict(trained.model, batch)
+        single_paths += int((cost > 1).sum() == 1 and cost.max() == 2)
+        matt.predict(trained.model, batch)
+    assert single_paths and compiled() == warmed
 
 
 def test_confidence_is_the_documented_formula_of_the_counts(small_synthetic):

@@ -65,7 +65,10 @@ def batch_of(split: EncodedSplit, rows: np.ndarray | slice) -> Batch:
     """The given rows of every column as tensors (one gather per column, no Python row loop)."""
     def tensor(column: np.ndarray) -> torch.Tensor:
         # memory-mapped columns are read-only: a slice of one is copied, a gather already is
-        return torch.from_numpy(np.require(column[rows], requirements=["C", "W"]))
+        # (the flags read directly: np.require's checks cost a served micro-batch ~30 µs)
+        picked = column[rows]
+        flags = picked.flags
+        return torch.from_numpy(picked if flags.c_contiguous and flags.writeable else picked.copy())
 
     take = lambda cols: {k: tensor(v) for k, v in cols.items()}  # noqa: E731
     group = None if split.group is None else tensor(split.group)

@@ -79,27 +79,45 @@ def scaled_confidence(counts, denominators, trusted, logarithmic):
 
 
 @njit(cache=True, nogil=True)
-def walk_combinations(kept, draws, combo_conf, fields, members):
-    """MATT's walk at one order, in place on kept bool [P, B, F]: path by path, row by row,
-    combination by combination, a combination whose draw [P, B, C] is at least its confidence
-    [B, C] and whose members (`members` [C, order], model fields) are all still kept drops its
-    least confident member (by `fields` [B, F]; the first of equals)."""
-    paths, rows, combinations = draws.shape
+def keep_confident(draws, fields, base, rows):
+    """bool [P, n, F], MATT's first step for the rows `rows` [n] of `fields` [B, F]: field f of
+    path p of row i kept where draws[p, i, f] < fields[rows[i], f] and base[rows[i], f] (the
+    fields dropped on every path; an empty base: none) is false."""
+    paths, picked, num_fields = draws.shape
+    kept = np.empty((paths, picked, num_fields), dtype=np.bool_)
+    with_base = base.shape[0] > 0
+    for path in range(paths):
+        for i in range(picked):
+            row = rows[i]
+            for f in range(num_fields):
+                kept[path, i, f] = draws[path, i, f] < fields[row, f] and not (with_base and base[row, f])
+    return kept
+
+
+@njit(cache=True, nogil=True)
+def walk_combinations(kept, draws, combo_conf, fields, members, rows):
+    """MATT's walk at one order, in place on kept bool [P, n, F] of the rows `rows` [n] of
+    combo_conf and fields: path by path, row by row, combination by combination, a combination
+    whose draw [P, n, C] is at least its confidence combo_conf[rows[i], c] and whose members
+    (`members` [C, order], model fields) are all still kept drops its least confident member
+    (by `fields` [B, F]; the first of equals)."""
+    paths, picked, combinations = draws.shape
     order = members.shape[1]
     for path in range(paths):
-        for row in range(rows):
+        for i in range(picked):
+            row = rows[i]
             for c in range(combinations):
-                if draws[path, row, c] < combo_conf[row, c]:
+                if draws[path, i, c] < combo_conf[row, c]:
                     continue
                 weakest = members[c, 0]
-                every = kept[path, row, weakest]
+                every = kept[path, i, weakest]
                 for j in range(1, order):
                     field = members[c, j]
-                    every = every and kept[path, row, field]
+                    every = every and kept[path, i, field]
                     if fields[row, field] < fields[row, weakest]:
                         weakest = field
                 if every:
-                    kept[path, row, weakest] = False
+                    kept[path, i, weakest] = False
 
 
 @njit(cache=True, nogil=True)

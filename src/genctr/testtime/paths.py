@@ -12,7 +12,7 @@ import torch
 from genctr.data.batches import Batch
 from genctr.testtime.confidence import Confidence
 from genctr.testtime.index import FrequencyIndex
-from genctr.testtime.kernels import walk_combinations
+from genctr.testtime.kernels import keep_confident, walk_combinations
 
 
 def tile_batch(batch: Batch, times: int) -> Batch:
@@ -29,18 +29,27 @@ def sample_confidence_paths(conf: Confidence, index: FrequencyIndex, paths: int,
     of a combination is still kept, with probability 1 - the combination's confidence drop its
     least confident member. Fields in `base_drop` [B, F] are dropped on every path.
     """
-    fields = conf.fields  # [B, F]
-    rows, num_fields = fields.shape
-    kept = torch.rand(paths, rows, num_fields, generator=generator).numpy() < fields
-    if base_drop is not None:
-        kept &= ~base_drop.numpy()
+    base = None if base_drop is None else base_drop.numpy()
+    return torch.from_numpy(~confidence_paths_kept(conf, index, paths, generator, base))
+
+
+def confidence_paths_kept(conf: Confidence, index: FrequencyIndex, paths: int,
+                          generator: torch.Generator, base_drop: np.ndarray | None = None,
+                          rows: np.ndarray | None = None) -> np.ndarray:
+    """kept bool [paths, n, F]: sample_confidence_paths' complement for the rows `rows` [n] of
+    `conf` and `base_drop` (None: every row), the same draws as for conf.take(rows) (UTTSI's
+    explored rows, picked inside the compiled loops instead of copied first)."""
+    rows = np.arange(len(conf.fields)) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    base = np.zeros((0, 0), dtype=bool) if base_drop is None else base_drop
+    draws = torch.rand(paths, len(rows), conf.fields.shape[1], generator=generator).numpy()
+    kept = keep_confident(draws, conf.fields, base, rows)
     for order in (2, 3):
         if order not in conf.orders:
             continue
         members = index.member_positions(order)  # [C, order] model fields
-        draws = torch.rand(paths, rows, len(members), generator=generator).numpy()
-        walk_combinations(kept, draws, conf.orders[order], fields, members)
-    return torch.from_numpy(~kept)
+        draws = torch.rand(paths, len(rows), len(members), generator=generator).numpy()
+        walk_combinations(kept, draws, conf.orders[order], conf.fields, members, rows)
+    return kept
 
 
 def sample_random_paths(rows: int, num_fields: int, paths: int, rate: float,
