@@ -503,7 +503,7 @@ def test_warm_up_runs_every_loop_and_leaves_the_fitted_strategy_as_it_was(small_
     for strategy in (warmed, cold):
         strategy.fit(trained.model, small_synthetic.splits["valid"])
     warmed.warm_up(trained.model, small_synthetic.splits["valid"])
-    for kernel in (kernels.lookup_counts, kernels.scaled_confidence, kernels.keep_confident,
+    for kernel in (kernels.lookup_confidence, kernels.keep_confident,
                    kernels.walk_combinations, kernels.aggregate_paths, kernels.fit_sorted):
         assert kernel.signatures, kernel
     test = small_synthetic.splits["test"]

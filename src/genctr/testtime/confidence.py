@@ -27,7 +27,7 @@ from pydantic import Field
 from genctr.errors import ConfigError
 from genctr.schema import Strict
 from genctr.testtime.index import QUANTILES, FrequencyIndex, Tokens
-from genctr.testtime.kernels import scaled_confidence
+from genctr.testtime.kernels import lookup_confidence
 
 
 class ConfidenceOptions(Strict):
@@ -101,13 +101,6 @@ def confidence_scale(index: FrequencyIndex, options: ConfidenceOptions) -> Confi
     return ConfidenceScale(denominators, trusted, logarithmic)
 
 
-def to_confidence(counts: np.ndarray, order: int, scale: ConfidenceScale) -> np.ndarray:
-    """counts [N, C] of the order's combinations -> confidences in [0, 1]: min(1, f(n) /
-    denominator), 1 for a trusted combination."""
-    return scaled_confidence(np.ascontiguousarray(counts, dtype=np.float64), scale.denominators[order],
-                             scale.trusted[order], scale.logarithmic[order])
-
-
 MIN_COUNT_GRID = (1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
 
 
@@ -118,15 +111,23 @@ def confidence(index: FrequencyIndex, tokens: Tokens, options: ConfidenceOptions
     if options.level == "value" and options.min_count is None:
         raise ConfigError("confidence.level value: min_count is unset and was not fitted "
                           "(set confidence.min_count, or fit the strategy on valid first)")
-    values = index.value_columns(tokens)
-    per_order = {1: to_confidence(index.order_frequencies(1, values), 1, scale)}
+    values = np.ascontiguousarray(index.value_columns(tokens), dtype=np.int64)
+    # per order, min(1, f(n) / denominator) of the combinations' counts n, looked up and scaled
+    # in one compiled call
+    per_order = {order: lookup_confidence(values, *index.lookup_tables(order), scale.denominators[order],
+                                          scale.trusted[order], scale.logarithmic[order])
+                 for order in index.combos if index.combos[order]}
     fields = np.ones((len(values), len(index.all_fields)), dtype=np.float32)
     fields[:, index.field_positions()] = per_order[1]
-    for order in index.combos:
-        if order != 1 and index.combos[order]:
-            per_order[order] = to_confidence(index.order_frequencies(order, values), order, scale)
-    used = [per_order[o].mean(axis=1) for o in options.orders if o in per_order]
+    used = [_row_means(per_order[o]) for o in options.orders if o in per_order]
     # the mean of the orders' means (float32, summed in order: np.mean(used, axis=0) without
     # stacking them first)
     prior = sum(used[1:], used[0]) / len(used) if used else np.ones(len(values), dtype=np.float32)
     return Confidence(fields, per_order, prior.astype(np.float32, copy=False))
+
+
+def _row_means(confidences: np.ndarray) -> np.ndarray:
+    """np.mean(confidences, axis=1) to the bit (its sum, then its division by the count as an
+    intp), without the wrapper's checks (~7 µs of a served batch's confidence)."""
+    total = np.add.reduce(confidences, axis=1)
+    return np.true_divide(total, np.intp(confidences.shape[1]), out=total, casting="unsafe")

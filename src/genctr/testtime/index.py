@@ -231,11 +231,15 @@ class FrequencyIndex:
         and 2 read combinations of single-valued fields from per-token tables (`_token_table`):
         the same estimates, without a hash and eight scattered sketch reads per key; the
         others are hashed and looked up in the counter (compiled: kernels.lookup_counts)."""
+        return lookup_counts(np.ascontiguousarray(values, dtype=np.int64), *self.lookup_tables(order))
+
+    def lookup_tables(self, order: int) -> tuple:
+        """kernels.lookup_counts' arguments after the values: the order's TokenTable and its
+        counter's heavy-hitter table and sketch."""
         table, counter = self._token_table(order), self.counters[order]
-        return lookup_counts(np.ascontiguousarray(values, dtype=np.int64), *table,
-                             counter.heavy.keys, counter.heavy.counts, counter.heavy.prior_upper,
-                             counter.heavy.overflowed, counter.sketch.table,
-                             counter.sketch.row_seeds, counter.sketch.mask)
+        return (*table, counter.heavy.keys, counter.heavy.counts, counter.heavy.prior_upper,
+                counter.heavy.overflowed, counter.sketch.table, counter.sketch.row_seeds,
+                counter.sketch.mask)
 
     def _token_table(self, order: int) -> TokenTable:
         """The order's TokenTable: combinations of single-valued fields, smallest first, up to

@@ -62,9 +62,9 @@ def lookup_counts(values, tabled, tabled_columns, tabled_strides, offsets, estim
 
 @njit(cache=True, nogil=True)
 def scaled_confidence(counts, denominators, trusted, logarithmic):
-    """float32 [N, C]: genctr.testtime.confidence.to_confidence, entry by entry: min(1,
-    log(1 + n) / denominator) (n / denominator when not `logarithmic`) in float64, then float32;
-    1 for a `trusted` combination."""
+    """float32 [N, C]: the confidences of counts [N, C] (genctr.testtime.confidence), entry by
+    entry: min(1, log(1 + n) / denominator) (n / denominator when not `logarithmic`) in float64,
+    then float32; 1 for a `trusted` combination."""
     rows, columns = counts.shape
     out = np.empty((rows, columns), dtype=np.float32)
     for row in range(rows):
@@ -76,6 +76,19 @@ def scaled_confidence(counts, denominators, trusted, logarithmic):
             value = (np.log1p(count) if logarithmic else count) / denominators[column]
             out[row, column] = min(value, 1.0)
     return out
+
+
+@njit(cache=True, nogil=True)
+def lookup_confidence(values, tabled, tabled_columns, tabled_strides, offsets, estimates,
+                      hashed, hashed_seeds, hashed_columns, heavy_keys, heavy_counts,
+                      heavy_prior_upper, overflowed, sketch, row_seeds, mask, denominators,
+                      trusted, logarithmic):
+    """float32 [N, C]: scaled_confidence of lookup_counts, in one call (a served batch's
+    orders: one dispatch and no float64 array handed back in between)."""
+    counts = lookup_counts(values, tabled, tabled_columns, tabled_strides, offsets, estimates,
+                           hashed, hashed_seeds, hashed_columns, heavy_keys, heavy_counts,
+                           heavy_prior_upper, overflowed, sketch, row_seeds, mask)
+    return scaled_confidence(counts, denominators, trusted, logarithmic)
 
 
 @njit(cache=True, nogil=True)
