@@ -12,7 +12,8 @@ request) for `--seconds`; one record per cell in benchmarks/results/serve.jsonl 
 p50/p99 latency, errors (non-2xx and socket errors), the server's RSS before and after and its
 settings (micro-batch wait, forward threads, whether the garbage collector was frozen at start)
 and the collector's pauses during the cell, from the server's /metrics (count and seconds per
-generation). `--repeat N` measures each cell N times in a row, a record each (`repeat`: 1..N).
+generation). `--repeat N` measures each cell N times, in rounds (every cell once per round, so
+that the cells compared see the same drift of a shared machine), a record each (`repeat`: 1..N).
 Cells already recorded (N times) for this run, commit and settings are skipped (resumable).
 The server runs as its own process (`genctr serve`), started once per backend.
 """
@@ -220,7 +221,11 @@ def main() -> int:
                               args.freeze_gc, args.workers)
         metrics_url = f"http://127.0.0.1:{port}/metrics"
         try:
-            for cell in [c for c in todo if c[0] == backend for _ in range(args.repeat - done[c])]:
+            # round by round (each cell once per round): cells compared with each other see
+            # the same drift of a shared machine, instead of one's repeats all before the other's
+            rounds = [c for turn in range(args.repeat) for c in todo
+                      if c[0] == backend and done[c] + turn < args.repeat]
+            for cell in rounds:
                 _, inference, size, clients = cell
                 done[cell] += 1
                 strategy = ({} if inference == "plain" else

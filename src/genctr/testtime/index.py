@@ -24,7 +24,7 @@ from genctr.data.encoded import EncodedSplit
 from genctr.errors import ConfigError
 from genctr.nn.embedding import FieldInfo
 from genctr.schema import FieldKind, Strict
-from genctr.testtime.kernels import lookup_counts
+from genctr.testtime.kernels import key_slots, lookup_counts
 from genctr.testtime.sketch import FrequencyCounter, combination_seed, combine_seeded
 
 INDEX_FILE = "frequency_index.npz"
@@ -208,6 +208,7 @@ class FrequencyIndex:
             counter.merge(other.counters[order])
         self.rows += other.rows
         self.__dict__.pop("_tables", None)  # the counts changed
+        self.__dict__.pop("_slots", None)
         self.sample_keys = {order: np.concatenate([keys, other.sample_keys[order]])
                             for order, keys in self.sample_keys.items()}
         self.sample_weights = np.concatenate([self.sample_weights, other.sample_weights])
@@ -237,9 +238,21 @@ class FrequencyIndex:
         """kernels.lookup_counts' arguments after the values: the order's TokenTable and its
         counter's heavy-hitter table and sketch."""
         table, counter = self._token_table(order), self.counters[order]
-        return (*table, counter.heavy.keys, counter.heavy.counts, counter.heavy.prior_upper,
+        return (*table, self._heavy_slots(order), counter.heavy.counts, counter.heavy.prior_upper,
                 counter.heavy.overflowed, counter.sketch.table, counter.sketch.row_seeds,
                 counter.sketch.mask)
+
+    def _heavy_slots(self, order: int) -> np.ndarray:
+        """The order's heavy hitters as a hash table (kernels.key_slots, at most half full),
+        built once from the final counters (a merge drops it, as the token tables)."""
+        cache = self.__dict__.setdefault("_slots", {})
+        if order in cache:
+            return cache[order]
+        keys = self.counters[order].heavy.keys
+        slots = key_slots(keys, max(1, int(2 * len(keys)).bit_length()))
+        if self.rows:
+            cache[order] = slots
+        return slots
 
     def _token_table(self, order: int) -> TokenTable:
         """The order's TokenTable: combinations of single-valued fields, smallest first, up to

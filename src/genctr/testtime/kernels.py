@@ -25,14 +25,44 @@ def _mix64(x: np.uint64) -> np.uint64:
 
 
 @njit(cache=True, nogil=True)
+def key_slots(keys, bits):
+    """int64 [2^bits, 2]: an open-addressing table of unique uint64 `keys`, slot = (key, its
+    position in keys), position -1 where empty; a key probes linearly from its low bits (keys
+    are mixed hashes already). A served lookup then reads one or two cache lines where a binary
+    search over 100,000 heavy hitters read ~17 in a row (~35 µs of a served batch, cold)."""
+    size = 1 << bits
+    slots = np.full((size, 2), -1, dtype=np.int64)
+    for position in range(len(keys)):
+        slot = np.int64(keys[position] & np.uint64(size - 1))
+        while slots[slot, 1] != -1:
+            slot = (slot + 1) & (size - 1)
+        slots[slot, 0] = np.int64(keys[position])
+        slots[slot, 1] = position
+    return slots
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _slot_position(slots, key):
+    """The position of `key` in the keys of key_slots' table, -1 if absent."""
+    last = len(slots) - 1
+    slot = np.int64(key & np.uint64(last))
+    while slots[slot, 1] != -1:
+        if np.uint64(slots[slot, 0]) == key:
+            return slots[slot, 1]
+        slot = (slot + 1) & last
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def lookup_counts(values, tabled, tabled_columns, tabled_strides, offsets, estimates,
-                  hashed, hashed_seeds, hashed_columns, heavy_keys, heavy_counts,
+                  hashed, hashed_seeds, hashed_columns, heavy_slots, heavy_counts,
                   heavy_prior_upper, overflowed, sketch, row_seeds, mask):
     """float64 [N, C]: FrequencyIndex._tabled_counts, row by row. values int64 [N, C1];
     per tabulated combination t (its column tabled[t]) the members' value columns
     tabled_columns[t] and strides, entry offsets[t] + Σ value·stride of `estimates`; per hashed
     combination h (column hashed[h]) its key seed and members' columns, the key looked up as
-    FrequencyCounter.estimate does (exact heavy hitters over the count-min sketch)."""
+    FrequencyCounter.estimate does (exact heavy hitters over the count-min sketch), the heavy
+    hitters found through their `heavy_slots` (key_slots)."""
     rows = values.shape[0]
     counts = np.empty((rows, len(tabled) + len(hashed)), dtype=np.float64)
     depth = sketch.shape[0]
@@ -46,8 +76,8 @@ def lookup_counts(values, tabled, tabled_columns, tabled_strides, offsets, estim
             key = hashed_seeds[h]
             for member in range(hashed_columns.shape[1]):
                 key = _mix64(key ^ (np.uint64(values[row, hashed_columns[h, member]]) + _GOLDEN))
-            position = np.searchsorted(heavy_keys, key)
-            found = position < len(heavy_keys) and heavy_keys[position] == key
+            position = _slot_position(heavy_slots, key)
+            found = position >= 0
             if not overflowed:  # the table holds every key seen; the sketch is empty
                 counts[row, hashed[h]] = heavy_counts[position] if found else 0
                 continue
@@ -80,13 +110,13 @@ def scaled_confidence(counts, denominators, trusted, logarithmic):
 
 @njit(cache=True, nogil=True)
 def lookup_confidence(values, tabled, tabled_columns, tabled_strides, offsets, estimates,
-                      hashed, hashed_seeds, hashed_columns, heavy_keys, heavy_counts,
+                      hashed, hashed_seeds, hashed_columns, heavy_slots, heavy_counts,
                       heavy_prior_upper, overflowed, sketch, row_seeds, mask, denominators,
                       trusted, logarithmic):
     """float32 [N, C]: scaled_confidence of lookup_counts, in one call (a served batch's
     orders: one dispatch and no float64 array handed back in between)."""
     counts = lookup_counts(values, tabled, tabled_columns, tabled_strides, offsets, estimates,
-                           hashed, hashed_seeds, hashed_columns, heavy_keys, heavy_counts,
+                           hashed, hashed_seeds, hashed_columns, heavy_slots, heavy_counts,
                            heavy_prior_upper, overflowed, sketch, row_seeds, mask)
     return scaled_confidence(counts, denominators, trusted, logarithmic)
 
