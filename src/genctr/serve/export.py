@@ -193,7 +193,7 @@ class OnnxScorer:
         else:
             picked = rows.numpy()
             feed = {name: column[picked] for name, column in self._fed[1].items()}
-        feed["drop"] = (np.zeros((len(next(iter(feed.values()))), self.fields), dtype=bool)
+        feed["drop"] = (np.zeros((len(batch) if rows is None else len(rows), self.fields), dtype=bool)
                         if drop is None else np.ascontiguousarray(drop.numpy()))
         return torch.from_numpy(self.session.run([self.output], feed)[0])
 

@@ -249,7 +249,7 @@ class FrequencyIndex:
         if order in cache:
             return cache[order]
         keys = self.counters[order].heavy.keys
-        slots = key_slots(keys, max(1, int(2 * len(keys)).bit_length()))
+        slots = key_slots(keys, max(1, (2 * len(keys)).bit_length()))
         if self.rows:
             cache[order] = slots
         return slots

@@ -125,15 +125,14 @@ def lookup_confidence(values, tabled, tabled_columns, tabled_strides, offsets, e
 def keep_confident(draws, fields, base, rows):
     """bool [P, n, F], MATT's first step for the rows `rows` [n] of `fields` [B, F]: field f of
     path p of row i kept where draws[p, i, f] < fields[rows[i], f] and base[rows[i], f] (the
-    fields dropped on every path; an empty base: none) is false."""
+    fields dropped on every path) is false."""
     paths, picked, num_fields = draws.shape
     kept = np.empty((paths, picked, num_fields), dtype=np.bool_)
-    with_base = base.shape[0] > 0
     for path in range(paths):
         for i in range(picked):
             row = rows[i]
             for f in range(num_fields):
-                kept[path, i, f] = draws[path, i, f] < fields[row, f] and not (with_base and base[row, f])
+                kept[path, i, f] = draws[path, i, f] < fields[row, f] and not base[row, f]
     return kept
 
 

@@ -40,7 +40,7 @@ def confidence_paths_kept(conf: Confidence, index: FrequencyIndex, paths: int,
     `conf` and `base_drop` (None: every row), the same draws as for conf.take(rows) (UTTSI's
     explored rows, picked inside the compiled loops instead of copied first)."""
     rows = np.arange(len(conf.fields)) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
-    base = np.zeros((0, 0), dtype=bool) if base_drop is None else base_drop
+    base = np.zeros(conf.fields.shape, dtype=bool) if base_drop is None else base_drop
     draws = torch.rand(paths, len(rows), conf.fields.shape[1], generator=generator).numpy()
     kept = keep_confident(draws, conf.fields, base, rows)
     for order in (2, 3):
