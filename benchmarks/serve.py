@@ -117,21 +117,43 @@ def parse_wrk(text: str) -> dict[str, float]:
 
 def gc_pauses(metrics_text: str) -> dict[str, dict[str, float]]:
     """generation -> {count, seconds} of the collector's pauses so far, from GET /metrics."""
-    pauses: dict[str, dict[str, float]] = {}
+    return _labelled_sums(metrics_text, "genctr_gc_pause_seconds", "generation")
+
+
+def batch_totals(metrics_text: str) -> dict[str, dict[str, float]]:
+    """inference -> {count, seconds} of the micro-batches scored so far, and "rows" -> {count,
+    seconds: rows}, from GET /metrics: how big the batches were and how long each one took
+    (the latency's share that is compute, not HTTP or waiting)."""
+    totals = _labelled_sums(metrics_text, "genctr_batch_seconds", "inference")
+    rows = _labelled_sums(metrics_text, "genctr_batch_rows", None)
+    return totals | {"rows": rows.get("", {"count": 0.0, "seconds": 0.0})}
+
+
+def _labelled_sums(metrics_text: str, name: str, label: str | None) -> dict[str, dict[str, float]]:
+    """label value -> {count, seconds} (the histogram's _count and _sum) of histogram `name`."""
+    sums: dict[str, dict[str, float]] = {}
+    kind = {f"{name}_count": "count", f"{name}_sum": "seconds"}
     for family in text_string_to_metric_families(metrics_text):
-        if family.name != "genctr_gc_pause_seconds":
+        if family.name != name:
             continue
         for sample in family.samples:
-            kind = {"genctr_gc_pause_seconds_count": "count", "genctr_gc_pause_seconds_sum": "seconds"}
             if sample.name in kind:
-                pauses.setdefault(sample.labels["generation"], {"count": 0.0, "seconds": 0.0})[
-                    kind[sample.name]] = sample.value
-    return pauses
+                key = sample.labels[label] if label else ""
+                sums.setdefault(key, {"count": 0.0, "seconds": 0.0})[kind[sample.name]] = sample.value
+    return sums
 
 
 def pauses_between(before: dict, after: dict) -> dict[str, dict[str, float]]:
     return {g: {k: after[g][k] - before.get(g, {}).get(k, 0.0) for k in ("count", "seconds")}
             for g in sorted(after)}
+
+
+def batches_between(before: dict, after: dict, inference: str) -> dict[str, float]:
+    """Mean rows and mean milliseconds of the micro-batches scored between two readings."""
+    grown = pauses_between(before, after)
+    batches = grown.get(inference, {}).get("count", 0.0)
+    return {"batch_rows_mean": grown["rows"]["seconds"] / batches if batches else float("nan"),
+            "batch_ms_mean": 1000 * grown[inference]["seconds"] / batches if batches else float("nan")}
 
 
 def rss_mb(pid: int) -> float:
@@ -234,25 +256,29 @@ def main() -> int:
                           for i in range(0, min(len(rows), 256 * size), size)]
                 script = lua_script(bodies, folder / f"{size}.lua")
                 rss_start = rss_mb(server.pid)
-                pauses_start = gc_pauses(httpx.get(metrics_url, timeout=10).text)
+                metrics_start = httpx.get(metrics_url, timeout=10).text
                 started = time.perf_counter()
                 wrk = subprocess.run(["wrk", "-t", "1", "-c", str(clients), "-d", f"{args.seconds}s",
                                       "--latency", "--timeout", "10s", "-s", str(script),
                                       f"http://127.0.0.1:{port}"], capture_output=True, text=True)
                 measured = parse_wrk(wrk.stdout)
-                pauses = pauses_between(pauses_start, gc_pauses(httpx.get(metrics_url, timeout=10).text))
+                metrics_end = httpx.get(metrics_url, timeout=10).text
+                pauses = pauses_between(gc_pauses(metrics_start), gc_pauses(metrics_end))
+                batches = batches_between(batch_totals(metrics_start), batch_totals(metrics_end),
+                                          inference)
                 record = {"task": "serve", "tool": "genctr", "model": run.config.model_name,
                           "backend": backend, "inference": inference, "rows_per_request": size,
                           "clients": clients, **settings, **measured, "repeat": done[cell],
                           "rows_per_s": measured["requests_per_s"] * size,
                           "duration_s": time.perf_counter() - started, "rss_start_mb": rss_start,
-                          "rss_end_mb": rss_mb(server.pid), "gc_pauses": pauses,
+                          "rss_end_mb": rss_mb(server.pid), "gc_pauses": pauses, **batches,
                           "run": str(args.run.resolve()),
                           "commit": commit, "machine": machine(), "finished_at": now_iso()}
                 append_jsonl(args.results, record)
                 print(f"{backend} {inference} {size} row(s) x {clients} clients: "
                       f"{measured['requests_per_s']:,.0f} req/s, p50 {measured['latency_ms_p50']:.2f} ms, "
                       f"p99 {measured['latency_ms_p99']:.2f} ms, errors {measured['errors']}, "
+                      f"batches of {batches['batch_rows_mean']:.1f} rows in {batches['batch_ms_mean']:.2f} ms, "
                       f"rss {record['rss_start_mb']:.0f} -> {record['rss_end_mb']:.0f} MB, gc pauses "
                       + ", ".join(f"gen{g} {p['count']:.0f} ({1000 * p['seconds']:.0f} ms)"
                                   for g, p in pauses.items()), flush=True)

@@ -164,7 +164,9 @@ class FieldEmbedding(nn.Module):
                 vectors.append((items * mask).sum(1) / mask.sum(1).clamp(min=1.0))
             else:
                 vectors.append(self.tables[f.table](tokens))
-        out = torch.stack(vectors, dim=1)
+        # [B, F·D] viewed as [B, F, D]: torch.stack's values, but an exported graph gets one
+        # Concat instead of an Unsqueeze per field before it (12 of a served ONNX pass's 71 nodes)
+        out = torch.cat(vectors, dim=1).unflatten(1, (len(vectors), self.dim))
         if drop is not None:
             out = torch.where(drop.unsqueeze(-1), self.neutral().unsqueeze(0).to(out.dtype), out)
         if self.input_scale is not None:
