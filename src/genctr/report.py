@@ -102,12 +102,15 @@ def serve_section(records: list[dict]) -> str:
              "(UTTSI's since 79c4ff8, before: the torch model). GC frozen: the "
              "server froze the garbage collector over what it loaded (`--freeze-gc`, the default "
              "since 7adeb9e; blank: measured before the option existed, so not frozen); full GC "
-             "pauses: the collector's generation-2 pauses during the cell (count, total ms).",
+             "pauses: the collector's generation-2 pauses during the cell (count, total ms). Micro-batch: "
+             "the mean rows of a forward pass and the mean ms to encode and score it (the server's "
+             "/metrics; the rest of a request's latency is HTTP and waiting; blank: before 17d1e39).",
              "",
              "| model | backend | inference | micro-batch wait ms | threads | workers | GC frozen | "
-             "rows/request | clients | requests/s | rows/s | p50 ms | p99 ms | full GC pauses | errors | "
+             "rows/request | clients | requests/s | rows/s | p50 ms | p99 ms | micro-batch rows, ms | "
+             "full GC pauses | errors | "
              "server RSS MB (start → end) | n | commit | machine |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(newest):
         group = newest[key]
         r = group[-1]
@@ -125,11 +128,13 @@ def serve_section(records: list[dict]) -> str:
         full = [g.get("gc_pauses", {}).get("2") for g in group]
         pauses = (f"{sum(f['count'] for f in full):.0f} ({1000 * sum(f['seconds'] for f in full):.0f})"
                   if all(full) else "")
+        batches = (f"{mid('batch_rows_mean'):,.0f}, {mid('batch_ms_mean'):.2f}"
+                   if all("batch_ms_mean" in g for g in group) else "")
         lines.append(f"| {r['model']} | {r['backend']} | {r['inference']} | {r.get('max_wait_ms', 2.0):g} | "
                      f"{threads} | {r.get('workers', 1)} | {frozen} | {r['rows_per_request']} | {r['clients']} | "
                      f"{mid('requests_per_s'):,.0f}{spread('requests_per_s', ',.0f')} | "
                      f"{mid('rows_per_s'):,.0f} | {mid('latency_ms_p50'):.2f} | "
-                     f"{mid('latency_ms_p99'):.2f}{spread('latency_ms_p99', '.2f')} | {pauses} | "
+                     f"{mid('latency_ms_p99'):.2f}{spread('latency_ms_p99', '.2f')} | {batches} | {pauses} | "
                      f"{sum(g['errors'] for g in group)} | {group[0]['rss_start_mb']:,.0f} → "
                      f"{r['rss_end_mb']:,.0f} | {len(group)} | `{r['commit']}` | {r['machine']} |")
     return "\n".join(lines) + "\n"
