@@ -366,7 +366,7 @@ def test_the_onnx_backend_runs_uttsi_through_onnxruntime_like_torch(served):
 
 
 def test_the_onnx_backend_scores_like_torch(served):
-    from genctr.serve.export import OnnxScorer, onnx_for_serving
+    from genctr.serve.export import EXPORT_VERSION, OnnxScorer, onnx_for_serving
 
     folder, raw, expected = served
     run = load_run(folder / "run")
@@ -375,6 +375,14 @@ def test_the_onnx_backend_scores_like_torch(served):
     assert onnx_for_serving(run, log=lambda line: None).stat().st_mtime == stamp  # not re-exported
     drop_path = onnx_for_serving(run, log=lambda line: None, drop_input=True)
     drop_path.replace(path)  # a newer file with other inputs (as another version's export)
+    logged = []
+    assert onnx_for_serving(run, log=logged.append) == path and logged  # exported again
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    assert {p.key: p.value for p in graph.metadata_props}["genctr_export_version"] == EXPORT_VERSION
+    del graph.metadata_props[:]  # as an export before the weights' subnormals were zeroed
+    onnx.save(graph, str(path))
     logged = []
     assert onnx_for_serving(run, log=logged.append) == path and logged  # exported again
     assert OnnxScorer(path).fields is None  # without the drop input, as this export has it

@@ -306,3 +306,49 @@ def test_oov_dropout_feeds_unseen_values_so_the_oov_rows_learn(small_synthetic, 
                       model.embedding.tables["user_id"].weight.grad[OOV].abs().sum().item())
     assert seen[0.0] == (0.0, 0.0) and (batch.tokens["user_id"] == OOV).sum() == 0
     assert 0.2 < seen[0.3][0] < 0.4 and seen[0.3][1] > 0
+
+
+def test_subnormal_weights_are_saved_and_loaded_as_zero(small_synthetic, tmp_path):
+    """A table row no step looks up (an OOV row) decays under the embedding L2 into subnormal
+    floats, which x86 computes in microcode (a DCNv2 pass over cold rows 6x slower,
+    genctr.nn.subnormal): the best weights are saved with them zeroed, load_weights zeroes them
+    in files saved before, the checkpoint keeps training's exact state, and predictions of rows
+    that use the row are unchanged to the bit."""
+    from genctr.data.batches import batch_of
+    from genctr.files import load_tensors, save_tensors_atomic
+    from genctr.models import build_model
+    from genctr.nn.embedding import field_infos
+    from genctr.nn.subnormal import zero_subnormals
+    from genctr.schema import OOV
+    from genctr.train import BEST_WEIGHTS, CHECKPOINT, TrainConfig, load_weights
+
+    state = {"w": torch.tensor([1e-39, -3e-40, 0.5, 0.0, 2e-38]), "step": torch.tensor([3])}
+    zeroed = zero_subnormals(state)
+    assert zeroed["w"].tolist() == [0.0, 0.0, 0.5, 0.0, torch.tensor(2e-38).item()]  # 2e-38 is normal
+    assert zeroed["step"] is state["step"] and state["w"][0] != 0  # a copy; integers untouched
+
+    torch.manual_seed(0)
+    model = build_model("dcnv2", field_infos(small_synthetic.encoder), {"hidden_units": [16]})
+    oov_row = "embedding.tables.user_id.weight"
+    with torch.no_grad():
+        model.embedding.tables["user_id"].weight[OOV] = 1e-39  # as the L2 leaves it
+    cold = batch_of(small_synthetic.splits["test"], slice(0, 200))
+    cold.tokens["user_id"] = torch.full_like(cold.tokens["user_id"], OOV)  # unseen users
+    model.eval()
+    with torch.inference_mode():
+        expected = model(cold)
+    save_tensors_atomic(model.state_dict(), tmp_path / "old.pt")  # a run saved before the fix
+    load_weights(model, tmp_path / "old.pt")
+    assert model.state_dict()[oov_row][OOV].abs().sum() == 0
+    with torch.inference_mode():
+        assert torch.equal(model(cold), expected)
+
+    with torch.no_grad():
+        model.embedding.tables["user_id"].weight[OOV] = 1e-39
+    train = small_synthetic.splits["train"]
+    assert (np.asarray(train.tokens["user_id"]) == OOV).sum() == 0  # no step touches the row
+    trainer = Trainer(TrainConfig(epochs=1, progress=False), tmp_path / "run", log=quiet)
+    trainer.fit(model, train, small_synthetic.splits["valid"])
+    assert load_tensors(tmp_path / "run" / BEST_WEIGHTS, "weights")[oov_row][OOV].abs().sum() == 0
+    kept = load_tensors(tmp_path / "run" / CHECKPOINT, "checkpoint")["model"][oov_row][OOV]
+    assert torch.all(kept == 1e-39)  # training's own state resumes as it was

@@ -30,6 +30,7 @@ from genctr.errors import ConfigError, DataError, GenctrError
 from genctr.files import load_tensors, save_tensors_atomic
 from genctr.metrics import auc, logloss
 from genctr.nn.sparse import SparseDenseAdam, clip_gradients
+from genctr.nn.subnormal import zero_subnormals
 from genctr.models.base import CTRModel
 from genctr.distributed import current as current_distributed
 from genctr.runtime import DEVICE_HELP, DEVICE_PATTERN, Runtime, model_device, move_batch
@@ -199,7 +200,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load saved weights (never unpickling code); a file that does not fit is one line."""
     state = load_tensors(path, "weights file")
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(zero_subnormals(state))  # also runs saved before weights were zeroed
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0][:160]
         raise DataError(f"{path}: the weights do not fit this run's model ({first})") from None
@@ -301,7 +302,8 @@ class Trainer:
             if improved:
                 state.best_metric, state.best_epoch, state.bad_epochs = metrics[cfg.monitor], epoch, 0
                 if self.dist.is_main:
-                    self._save_atomic(model.state_dict(), BEST_WEIGHTS)
+                    # the served weights: subnormal OOV rows zeroed (nn.subnormal)
+                    self._save_atomic(zero_subnormals(model.state_dict()), BEST_WEIGHTS)
             else:
                 state.bad_epochs += 1
                 for group in optimizer.param_groups:

@@ -35,6 +35,9 @@ from genctr.nn.embedding import FieldEmbedding
 from genctr.runs import Run
 
 ExportFormat = Literal["onnx", "pt2"]
+# in an ONNX export's metadata; a served file of another version is exported again.
+# 2: the weights' subnormal values zeroed (genctr.nn.subnormal: 6x faster passes over cold rows)
+EXPORT_VERSION = "2"
 
 
 def value_fields(model: CTRModel) -> list[str]:
@@ -117,6 +120,7 @@ def export_run(run: Run, export_format: ExportFormat, output: str | Path | None 
             torch.onnx.export(scorer, columns, str(target), input_names=scorer.input_names(),
                               output_names=[scorer.output_name()], dynamo=True, verbose=False,
                               dynamic_shapes={"columns": tuple({0: rows} for _ in columns)})
+            _stamp_version(target)
         elif export_format == "pt2":
             batch.group = None  # not an input of any model
             dynamic = [{n: {0: rows} for n in batch.tokens}, {n: {0: rows} for n in batch.values},
@@ -205,14 +209,28 @@ def onnx_for_serving(run: Run, log: Callable[[str], None] = print, drop_input: b
 
     path = default_export(run, "onnx", drop_input)
     if not path.is_file() or path.stat().st_mtime < (run.folder / BEST_WEIGHTS).stat().st_mtime \
-            or _input_names(path) != column_scorer(run, drop_input).input_names():
+            or _graph_of(path) != (column_scorer(run, drop_input).input_names(), EXPORT_VERSION):
         log(f"exporting the model to {path} (ONNX{', with the drop input' if drop_input else ''})")
         export_run(run, "onnx", drop_input=drop_input)
     return path
 
 
-def _input_names(path: Path) -> list[str]:
-    """An ONNX file's input names (its graph only: weights stored beside it are not read)."""
+def _graph_of(path: Path) -> tuple[list[str], str | None]:
+    """An ONNX file's input names and genctr export version (its graph only: weights stored
+    beside it are not read)."""
     import onnx
 
-    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    model = onnx.load(str(path), load_external_data=False)
+    version = {p.key: p.value for p in model.metadata_props}.get("genctr_export_version")
+    return [i.name for i in model.graph.input], version
+
+
+def _stamp_version(path: Path) -> None:
+    """Record EXPORT_VERSION in the file's metadata (the graph rewritten, the weights file
+    beside it left as torch wrote it)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "genctr_export_version", EXPORT_VERSION
+    onnx.save(model, str(path))
