@@ -79,7 +79,7 @@ def test_report_renders_serve_and_scale_records(tmp_path):
             "latency_ms_p99": p99, "repeat": repeat})
     append_jsonl(results / "serve.jsonl", frozen | {"requests_per_s": 4000.0, "rows_per_s": 4000.0,
                                                     "latency_ms_p50": 5.0, "latency_ms_p99": 4.0,
-                                                    "workers": 2})
+                                                    "workers": 2, "batch_rows_mean": 8.0, "batch_ms_mean": 0.5})
     text = write_results_markdown(tmp_path).read_text()
     assert "| genctr | csv | 5,000,000 | dnn | 50.0 |" in text and "`abc` |" in text
     assert "| 0.93 |" in text  # 28k over 30k rows/s at the smallest size
@@ -88,8 +88,8 @@ def test_report_renders_serve_and_scale_records(tmp_path):
     assert "| 15,000 | 1.00 | 2,000 (1,500) | 0.7500 |  | `def` |" in text
     assert (tmp_path / "plots" / "scale.png").is_file()
     # a record from before the settings were recorded: the server's defaults then
-    assert "| dcnv2 | torch | plain | 2 | default | 1 |  | 1 | 8 | 900 | 900 | 8.00 | 20.00 |  | 0 | 500 → 510 |" in text
-    assert "| dcnv2 | torch | plain | 2 | 1 | 1 | yes | 1 | 8 | 950 | 950 | 7.00 | 10.00 | 40 (12) | 0 |" in text
-    assert "| dcnv2 | onnx | plain | 2 | 1 | 1 | yes | 1 | 8 | 1,000 (900-1,200) | 1,000 | 5.00 | 9.00 (7.00-12.00) |  | 0 | 500 → 510 | 3 |" in text
+    assert "| dcnv2 | torch | plain | 2 | default | 1 |  | 1 | 8 | 900 | 900 | 8.00 | 20.00 |  |  | 0 | 500 → 510 |" in text
+    assert "| dcnv2 | torch | plain | 2 | 1 | 1 | yes | 1 | 8 | 950 | 950 | 7.00 | 10.00 |  | 40 (12) | 0 |" in text
+    assert "| dcnv2 | onnx | plain | 2 | 1 | 1 | yes | 1 | 8 | 1,000 (900-1,200) | 1,000 | 5.00 | 9.00 (7.00-12.00) |  |  | 0 | 500 → 510 | 3 |" in text
     # the same cell served by 2 workers: a row of its own (workers, between threads and GC frozen)
-    assert "| dcnv2 | onnx | plain | 2 | 1 | 2 | yes | 1 | 8 | 4,000 | 4,000 | 5.00 | 4.00 |  | 0 |" in text
+    assert "| dcnv2 | onnx | plain | 2 | 1 | 2 | yes | 1 | 8 | 4,000 | 4,000 | 5.00 | 4.00 | 8, 0.50 |  | 0 |" in text
