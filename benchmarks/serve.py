@@ -143,14 +143,15 @@ def _labelled_sums(metrics_text: str, name: str, label: str | None) -> dict[str,
     return sums
 
 
-def pauses_between(before: dict, after: dict) -> dict[str, dict[str, float]]:
+def grown_between(before: dict, after: dict) -> dict[str, dict[str, float]]:
+    """label -> {count, seconds}: how much each of _labelled_sums' totals grew between readings."""
     return {g: {k: after[g][k] - before.get(g, {}).get(k, 0.0) for k in ("count", "seconds")}
             for g in sorted(after)}
 
 
 def batches_between(before: dict, after: dict, inference: str) -> dict[str, float]:
     """Mean rows and mean milliseconds of the micro-batches scored between two readings."""
-    grown = pauses_between(before, after)
+    grown = grown_between(before, after)
     batches = grown.get(inference, {}).get("count", 0.0)
     return {"batch_rows_mean": grown["rows"]["seconds"] / batches if batches else float("nan"),
             "batch_ms_mean": 1000 * grown[inference]["seconds"] / batches if batches else float("nan")}
@@ -263,7 +264,7 @@ def main() -> int:
                                       f"http://127.0.0.1:{port}"], capture_output=True, text=True)
                 measured = parse_wrk(wrk.stdout)
                 metrics_end = httpx.get(metrics_url, timeout=10).text
-                pauses = pauses_between(gc_pauses(metrics_start), gc_pauses(metrics_end))
+                pauses = grown_between(gc_pauses(metrics_start), gc_pauses(metrics_end))
                 batches = batches_between(batch_totals(metrics_start), batch_totals(metrics_end),
                                           inference)
                 record = {"task": "serve", "tool": "genctr", "model": run.config.model_name,

@@ -104,7 +104,7 @@ def test_what_loads_before_serving_is_frozen_and_collector_pauses_are_metrics(se
             before = bench.gc_pauses(client.get("/metrics").text)
             gc.collect()
             after = bench.gc_pauses(client.get("/metrics").text)
-        pauses = bench.pauses_between(before, after)
+        pauses = bench.grown_between(before, after)
         assert pauses["2"]["count"] >= 1 and pauses["2"]["seconds"] > 0, pauses
         assert gc.get_freeze_count() == 0 and len(gc.callbacks) == callbacks  # undone on shutdown
 
@@ -366,6 +366,8 @@ def test_the_onnx_backend_runs_uttsi_through_onnxruntime_like_torch(served):
 
 
 def test_the_onnx_backend_scores_like_torch(served):
+    import onnx
+
     from genctr.serve.export import EXPORT_VERSION, OnnxScorer, onnx_for_serving
 
     folder, raw, expected = served
@@ -377,8 +379,6 @@ def test_the_onnx_backend_scores_like_torch(served):
     drop_path.replace(path)  # a newer file with other inputs (as another version's export)
     logged = []
     assert onnx_for_serving(run, log=logged.append) == path and logged  # exported again
-    import onnx
-
     graph = onnx.load(str(path), load_external_data=False)
     assert {p.key: p.value for p in graph.metadata_props}["genctr_export_version"] == EXPORT_VERSION
     del graph.metadata_props[:]  # as an export before the weights' subnormals were zeroed

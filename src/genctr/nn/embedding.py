@@ -90,8 +90,8 @@ class FieldEmbedding(nn.Module):
         self.scaled = {f.name for f in fields if f.kind is FieldKind.numeric and numeric == "scaled"}
         # drawn in field order: over the set, the draws followed Python's per-process string
         # hashing, so one seed gave two different models (ml1m-ctr: two of them, 0.001 valid AUC apart)
-        self.value_vectors = nn.ParameterDict({
-            f.name: nn.Parameter(torch.randn(2, dim) * 0.01) for f in fields if f.name in self.scaled})  # value, missing
+        self.value_vectors = nn.ParameterDict({  # [value, missing] vectors
+            f.name: nn.Parameter(torch.randn(2, dim) * 0.01) for f in fields if f.name in self.scaled})
         for table in self.tables.values():
             nn.init.normal_(table.weight, std=1e-4)  # small init, as FuxiCTR does for CTR
             with torch.no_grad():

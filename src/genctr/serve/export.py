@@ -38,6 +38,7 @@ ExportFormat = Literal["onnx", "pt2"]
 # in an ONNX export's metadata; a served file of another version is exported again.
 # 2: the weights' subnormal values zeroed (genctr.nn.subnormal: 6x faster passes over cold rows)
 EXPORT_VERSION = "2"
+VERSION_KEY = "genctr_export_version"
 
 
 def value_fields(model: CTRModel) -> list[str]:
@@ -221,7 +222,7 @@ def _graph_of(path: Path) -> tuple[list[str], str | None]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    version = {p.key: p.value for p in model.metadata_props}.get("genctr_export_version")
+    version = {p.key: p.value for p in model.metadata_props}.get(VERSION_KEY)
     return [i.name for i in model.graph.input], version
 
 
@@ -232,5 +233,5 @@ def _stamp_version(path: Path) -> None:
 
     model = onnx.load(str(path), load_external_data=False)
     entry = model.metadata_props.add()
-    entry.key, entry.value = "genctr_export_version", EXPORT_VERSION
+    entry.key, entry.value = VERSION_KEY, EXPORT_VERSION
     onnx.save(model, str(path))
